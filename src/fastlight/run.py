@@ -1,0 +1,253 @@
+"""The run lifecycle: compose -> seed -> build -> fit/test -> record -> return the optimized metric.
+
+`python train.py task=mnist model=mlp optim=adam trainer.max_epochs=1` lands here. Heavy
+libraries (torch, lightning, wandb) are imported inside `train`, so commands that only read
+configs (`--help`, `--cfg job`) stay fast.
+
+Config layout: a task config (`conf/task/<task>.yaml`) chooses its default `data` and `model`;
+`data=<name>` on the command line picks `conf/data/<task>/<name>.yaml` for the current task,
+so `data=csv` means the ratings CSV for `task=collab` and a table for `task=tabular`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from fastlight.errors import ConfigError, FastlightError
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = ROOT / "conf"
+PER_TASK_GROUPS = ("data", "model")
+
+
+def _register() -> None:
+    """Resolvers used by conf/hydra, and the task-relative `data=`/`model=` choices."""
+    if not OmegaConf.has_resolver("fl_root"):
+        OmegaConf.register_new_resolver("fl_root", lambda: str(ROOT))
+        # A short random suffix: two runs started in the same second never share a folder.
+        OmegaConf.register_new_resolver("fl_unique", lambda: os.urandom(3).hex(), use_cache=True)
+    cs = ConfigStore.instance()
+    for group in PER_TASK_GROUPS:
+        # `data=csv` selects this empty marker; the defaults list then loads data/<task>/csv.yaml.
+        for name in sorted({p.stem for p in (CONF_DIR / group).glob("*/*.yaml")}):
+            cs.store(group=group, name=name, node={})
+
+
+def choices_for(group: str, task: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group / task).glob("*.yaml"))
+
+
+def check_choices(argv: list[str]) -> None:
+    """Catch `task=`/`data=`/`model=` choices that don't exist, with the list of valid ones.
+
+    Hydra would also refuse them, but for a task-relative choice it names a file instead.
+    Sweep expressions such as `choice(...)` are left to Hydra.
+    """
+    args = dict(a.split("=", 1) for a in argv if "=" in a and a[0].isalpha() and "(" not in a)
+    tasks = sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml"))
+    for task in args["task"].split(",") if "task" in args else [_default_task()]:
+        if task not in tasks:
+            raise ConfigError(f"unknown task {task!r}; available tasks: {', '.join(tasks)}")
+        for group in PER_TASK_GROUPS:
+            for value in args[group].split(",") if group in args else []:
+                valid = choices_for(group, task)
+                if value not in valid:
+                    raise ConfigError(f"{group}={value} is not available for task={task}; choose one of: {', '.join(valid)}")
+
+
+def _default_task() -> str:
+    for line in (CONF_DIR / "config.yaml").read_text().splitlines():
+        if line.strip().startswith("- task:"):
+            return line.split(":", 1)[1].strip().split()[0]
+    return "collab"
+
+
+def validate(cfg: DictConfig) -> None:
+    """Values the configs can't type-check: one sentence per mistake."""
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ConfigError(msg)
+
+    def number(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    lr = cfg.optim.lr
+    lrs = list(lr) if OmegaConf.is_list(lr) else [lr]
+    need(all(number(x) for x in lrs), f"optim.lr={lr} must be a number, [hi] or [lo, hi]")
+    need(all(x > 0 for x in lrs), f"optim.lr={lr} must be positive")
+    wd = cfg.optim.get("wd", 0.0)
+    need(number(wd) and wd >= 0, f"optim.wd={wd} must be a number >= 0")
+    bs = cfg.data.get("batch_size")
+    if bs is not None:
+        need(isinstance(bs, int) and bs >= 1, f"data.batch_size={bs} must be a positive integer")
+    epochs = cfg.trainer.get("max_epochs")
+    if epochs is not None:
+        need(isinstance(epochs, int) and (epochs >= 1 or epochs == -1), f"trainer.max_epochs={epochs} must be >= 1")
+    need(isinstance(cfg.seed, int), f"seed={cfg.seed} must be an integer")
+    need(cfg.mode in ("fit", "lr_find"), f"mode={cfg.mode} must be fit or lr_find")
+    need(cfg.optimized_metric.mode in ("min", "max"), "optimized_metric.mode must be min or max")
+
+
+def _is_multirun() -> bool:
+    from hydra.types import RunMode
+
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def train(cfg: DictConfig) -> float:
+    """One run. Returns the optimized metric (NaN when the run failed inside a sweep)."""
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    task_name = hc.runtime.choices.get("task")
+    multirun = _is_multirun()
+
+    import lightning as L
+
+    # lightning turns this on at import; with a CUDA build of torch and no NVIDIA driver every
+    # optimizer step then probes NVML (~0.3 ms a step). Nothing here needs that probe.
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
+    import torch
+
+    from fastlight.tracking import wandb as fl_wandb
+    from fastlight.tracking.record import BestValidation, RunRecord
+
+    torch.set_flush_denormal(True)  # recurrent models crawl on denormal floats on CPU
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    group = cfg.logger.wandb.group if cfg.logger.get("wandb") else None
+    if multirun and not group:
+        group = f"{hc.job.name}-{Path(hc.sweep.dir).name}-{Path(hc.sweep.dir).parent.name}"
+    record = RunRecord(
+        run_dir,
+        task=task_name,
+        seed=cfg.seed,
+        optimized_metric=cfg.optimized_metric,
+        extra={"overrides": list(hc.overrides.task), "group": group},
+    )
+
+    status, error, exit_code = "failed", None, 1
+    metrics: dict[str, float] = {}
+    extra: dict = {}
+    try:
+        validate(cfg)
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        datamodule = hydra.utils.instantiate(cfg.data)
+        datamodule.prepare_data()  # downloads or stops with a clear message, before any training
+        datamodule.setup("fit")
+        model = hydra.utils.instantiate(cfg.model, **datamodule.dims)
+        task = hydra.utils.instantiate(cfg.task, model=model, optim=cfg.optim, schedule=cfg.schedule)
+
+        loggers = []
+        if cfg.logger.get("csv"):
+            from lightning.pytorch.loggers import CSVLogger
+
+            loggers.append(CSVLogger(save_dir=str(run_dir), name="", version=""))
+        if cfg.logger.get("wandb"):
+            job_type = cfg.logger.wandb.job_type or ("sweep" if multirun else "train")
+            loggers.append(
+                fl_wandb.make_wandb_logger(cfg.logger.wandb, run_dir, resolved, group, job_type, cfg.tags)
+            )
+        best = BestValidation(cfg.optimized_metric.name, cfg.optimized_metric.mode)
+        callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values() if c is not None] + [best]
+        trainer = hydra.utils.instantiate(
+            cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir)
+        )
+
+        if cfg.mode == "lr_find":
+            extra["lr_find"] = _lr_find(cfg, trainer, task, datamodule, run_dir, loggers)
+            metrics["lr_find/suggestion"] = extra["lr_find"]["suggestion"]
+        else:
+            trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+            if trainer.interrupted:
+                raise KeyboardInterrupt
+            metrics.update(best.metrics)
+            extra["best_epoch"] = best.epoch
+            if _has_test(datamodule):
+                # The final weights, as fastai reports them; best.ckpt is kept for the user.
+                (test_metrics,) = trainer.test(task, datamodule=datamodule, verbose=False)
+                metrics.update(test_metrics)
+            task_summary = getattr(task, "summarize", None)
+            if task_summary is not None:
+                extra.update(task_summary(run_dir) or {})
+        status, exit_code = "completed", 0
+    except KeyboardInterrupt:
+        status, error, exit_code = "interrupted", "interrupted by the user", 130
+    except FastlightError as e:
+        error, exit_code = str(e), e.exit_code
+    except Exception as e:  # unexpected: keep the traceback in the run folder, say one line
+        (run_dir / "error.log").write_text(traceback.format_exc())
+        error = f"{type(e).__name__}: {e} (traceback in {run_dir / 'error.log'})"
+    finally:
+        sync_dir = fl_wandb.finish(exit_code)
+        record.finish(status, metrics, error, **extra)
+
+    _print_summary(record.data, run_dir, sync_dir)
+    value = record.data["optimized_metric"]["value"]
+    if status != "completed" and not multirun:
+        raise SystemExit(exit_code)
+    return float("nan") if value is None else value
+
+
+def _has_test(datamodule) -> bool:
+    import lightning as L
+
+    return type(datamodule).test_dataloader is not L.LightningDataModule.test_dataloader
+
+
+def _lr_find(cfg, trainer, task, datamodule, run_dir: Path, loggers) -> dict:
+    """Lightning's lr finder; saves the loss-vs-lr plot in the run folder and logs it to W&B."""
+    from lightning.pytorch.tuner import Tuner
+
+    datamodule.steps_per_call = 1  # the finder moves the lr once per training_step
+    finder = Tuner(trainer).lr_find(task, datamodule=datamodule, update_attr=False, **cfg.lr_find)
+    if finder is None:
+        raise FastlightError("the learning-rate finder stopped before recording any loss")
+    fig = finder.plot(suggest=True)
+    path = run_dir / "lr_find.png"
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    suggestion = finder.suggestion()
+    for logger in loggers:
+        if hasattr(logger, "log_image"):
+            logger.log_image(key="lr_find", images=[str(path)])
+    print(f"lr_find: suggested lr {suggestion:.3g} (plot: {path})")
+    return {"suggestion": suggestion, "plot": str(path)}
+
+
+def _print_summary(summary: dict, run_dir: Path, sync_dir: str | None) -> None:
+    om = summary["optimized_metric"]
+    lines = [f"\n[fastlight] task={summary['task']} status={summary['status']} ({summary['wall_time_s']:.1f}s)"]
+    if summary["error"]:
+        lines.append(f"error: {summary['error']}")
+    shown = {k: v for k, v in summary["metrics"].items() if v is not None}
+    if shown:
+        lines.append("  " + "  ".join(f"{k}={v:.4g}" for k, v in sorted(shown.items())))
+    if om["value"] is not None:
+        lines.append(f"  optimized {om['name']} ({om['mode']}) = {om['value']:.4g}")
+    lines.append(f"  run folder: {run_dir}")
+    if sync_dir:
+        lines.append(f"  W&B (offline): wandb sync {sync_dir}")
+    print("\n".join(lines), file=sys.stderr if summary["error"] else sys.stdout)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _hydra_main(cfg: DictConfig) -> float:
+    return train(cfg)
+
+
+def main() -> None:
+    _register()
+    try:
+        check_choices(sys.argv[1:])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    _hydra_main()

@@ -1,0 +1,69 @@
+"""Fixtures: compose a run's config the way `train.py` does, and run it in-process."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_data_root() -> Path | None:
+    """The real datasets ($FASTLIGHT_DATA, or ../shared/data beside the checkout), if present."""
+    for candidate in (os.environ.get("FASTLIGHT_DATA"), REPO.parent / "shared" / "data"):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture
+def real_data() -> Path:
+    root = real_data_root()
+    if root is None:
+        pytest.skip("real datasets not available (set FASTLIGHT_DATA)")
+    return root
+
+
+@pytest.fixture
+def compose_run(tmp_path):
+    """compose_run(*overrides, run_dir=None) -> a config ready for `fastlight.run.train`."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from fastlight import run
+
+    run._register()
+
+    def _compose(*overrides: str, run_dir: Path | None = None):
+        run_dir = Path(run_dir or tmp_path / "run")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with initialize_config_dir(str(run.CONF_DIR), version_base="1.3"):
+            cfg = compose(
+                "config", overrides=[f"hydra.run.dir={run_dir}", *overrides], return_hydra_config=True
+            )
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(run_dir)
+            cfg.hydra.job.name = "train"
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+
+    return _compose
+
+
+@pytest.fixture
+def train_run(compose_run):
+    """train_run(*overrides, run_dir=None) -> (optimized metric, run folder)."""
+    from fastlight.run import train
+
+    def _train(*overrides: str, run_dir: Path | None = None):
+        cfg = compose_run(*overrides, run_dir=run_dir)
+        value = train(cfg)
+        return value, Path(cfg.hydra.runtime.output_dir)
+
+    return _train

@@ -1,0 +1,190 @@
+"""`fastlight.data.download` against a real HTTP server on 127.0.0.1 (no other network)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import socket
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from fastlight.data.download import Remote, extract_zip, fetch, md5sum
+from fastlight.errors import DataError
+
+PAYLOAD = b"fastlight test payload\n" * 1000
+PAYLOAD_MD5 = hashlib.md5(PAYLOAD).hexdigest()
+HOW_TO = "copy them there from the lab share"
+
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves files from a folder, counts requests, and fakes a dropped connection under /short/."""
+
+    hits: list[str]
+
+    def do_GET(self):
+        self.hits.append(self.path)
+        if self.path.startswith("/short/"):
+            body = PAYLOAD[:100]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(PAYLOAD)))  # promises more than it sends
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = True
+            return
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(autouse=True)
+def _local_only(monkeypatch):
+    # Never let a proxy from the environment intercept the 127.0.0.1 requests; keep failures fast.
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "*")
+    monkeypatch.setenv("no_proxy", "*")
+    monkeypatch.setenv("FASTLIGHT_DOWNLOAD_TIMEOUT", "5")
+
+
+@pytest.fixture
+def server(tmp_path):
+    """(base URL, served folder, list of request paths)."""
+    root = tmp_path / "served"
+    root.mkdir()
+    hits: list[str] = []
+    handler = type("H", (Handler,), {"hits": hits})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/", root, hits
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def closed_port_url():
+    """A URL on 127.0.0.1 where nothing listens (connection refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_downloads_verifies_and_then_uses_the_local_file(server, tmp_path):
+    base, served, hits = server
+    (served / "a.bin").write_bytes(PAYLOAD)
+    folder = tmp_path / "data" / "ds"
+    remotes = [Remote("a.bin", (base + "a.bin",), PAYLOAD_MD5)]
+
+    paths = fetch(folder, remotes, dataset="DS")
+    assert paths == {"a.bin": folder.resolve() / "a.bin"}
+    assert paths["a.bin"].read_bytes() == PAYLOAD
+    assert md5sum(paths["a.bin"]) == PAYLOAD_MD5
+    assert leftovers(folder) == ["a.bin"]  # no temp file left
+    assert hits == ["/a.bin"]
+
+    assert fetch(folder, remotes, dataset="DS") == paths
+    assert hits == ["/a.bin"]  # second call: no request
+
+
+def test_corrupt_download_raises_and_leaves_nothing(server, tmp_path):
+    base, served, _ = server
+    (served / "a.bin").write_bytes(PAYLOAD + b"tampered")
+    folder = tmp_path / "ds"
+    with pytest.raises(DataError) as err:
+        fetch(folder, [Remote("a.bin", (base + "a.bin",), PAYLOAD_MD5)], dataset="DS", how_to=HOW_TO)
+    msg = str(err.value)
+    assert "a.bin" in msg and "corrupt" in msg and "checksum" in msg
+    assert PAYLOAD_MD5 in msg and "\n" not in msg
+    assert leftovers(folder) == []
+
+
+def test_falls_back_to_the_next_mirror(server, tmp_path, closed_port_url):
+    base, served, hits = server
+    (served / "a.bin").write_bytes(PAYLOAD)
+    folder = tmp_path / "ds"
+    urls = (closed_port_url + "a.bin", base + "missing/a.bin", base + "a.bin")
+    paths = fetch(folder, [Remote("a.bin", urls, PAYLOAD_MD5)], dataset="DS")
+    assert paths["a.bin"].read_bytes() == PAYLOAD
+    assert hits == ["/missing/a.bin", "/a.bin"]  # the 404, then the good mirror
+    assert leftovers(folder) == ["a.bin"]
+
+
+@pytest.mark.parametrize("md5", [PAYLOAD_MD5, None])
+def test_interrupted_download_leaves_no_file(server, tmp_path, md5):
+    base, _, _ = server
+    folder = tmp_path / "ds"
+    with pytest.raises(DataError) as err:
+        fetch(folder, [Remote("a.bin", (base + "short/a.bin",), md5)], dataset="DS", how_to=HOW_TO)
+    assert "a.bin" in str(err.value) and "download failed" in str(err.value)
+    assert leftovers(folder) == []
+
+
+def test_download_off_names_files_folder_and_how_to(server, tmp_path):
+    base, served, hits = server
+    (served / "a.bin").write_bytes(PAYLOAD)
+    folder = tmp_path / "ds"
+    remotes = [Remote("a.bin", (base + "a.bin",)), Remote("b.bin", (base + "b.bin",))]
+    with pytest.raises(DataError) as err:
+        fetch(folder, remotes, dataset="DS", how_to=HOW_TO, download=False)
+    msg = str(err.value)
+    assert msg.startswith("DS: missing a.bin, b.bin in ") and str(folder.resolve()) in msg
+    assert HOW_TO in msg and "\n" not in msg and msg.endswith(".")
+    assert hits == []
+
+
+def test_unreachable_mirrors_name_files_folder_and_how_to(tmp_path, closed_port_url):
+    folder = tmp_path / "ds"
+    remotes = [Remote("a.bin", (closed_port_url + "a.bin",)), Remote("b.bin", (closed_port_url + "b.bin",))]
+    with pytest.raises(DataError) as err:
+        fetch(folder, remotes, dataset="DS", how_to=HOW_TO)
+    msg = str(err.value)
+    assert "a.bin, b.bin" in msg and str(folder.resolve()) in msg and HOW_TO in msg
+    assert "connection refused" in msg and "\n" not in msg
+    assert leftovers(folder) == []
+
+
+def test_present_files_are_used_without_requests(server, tmp_path):
+    base, _, hits = server
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "a.bin").write_bytes(b"local copy")
+    paths = fetch(folder, [Remote("a.bin", (base + "a.bin",))], dataset="DS", download=False)
+    assert paths["a.bin"].read_bytes() == b"local copy"
+    assert fetch(folder, [Remote("a.bin", (base + "a.bin",))], dataset="DS")["a.bin"] == paths["a.bin"]
+    assert hits == []
+
+
+def test_extract_zip(tmp_path):
+    archive = tmp_path / "dl" / "pack.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("pack/a.txt", "A")
+        zf.writestr("pack/sub/b.txt", "B")
+        zf.writestr("other.txt", "O")
+
+    extract_zip(archive, tmp_path / "full")
+    assert (tmp_path / "full" / "pack" / "sub" / "b.txt").read_text() == "B"
+    assert (tmp_path / "full" / "other.txt").read_text() == "O"
+
+    # Into a folder that exists already (here: the one holding the archive), only one subtree.
+    extract_zip(archive, archive.parent, members_prefix="pack/")
+    assert sorted(p.name for p in archive.parent.iterdir()) == ["a.txt", "pack.zip", "sub"]
+    assert (archive.parent / "sub" / "b.txt").read_text() == "B"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp dirs left
+
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"this is not a zip file")
+    with pytest.raises(DataError, match="bad.zip"):
+        extract_zip(bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
