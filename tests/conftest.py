@@ -51,6 +51,8 @@ def compose_run(tmp_path):
             cfg.hydra.runtime.output_dir = str(run_dir)
             cfg.hydra.job.name = "train"
         HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]  # a real run's config has no hydra node; ${hydra:...} still resolves
         return cfg
 
     return _compose
@@ -64,6 +66,8 @@ def train_run(compose_run):
     def _train(*overrides: str, run_dir: Path | None = None):
         cfg = compose_run(*overrides, run_dir=run_dir)
         value = train(cfg)
-        return value, Path(cfg.hydra.runtime.output_dir)
+        from hydra.core.hydra_config import HydraConfig
+
+        return value, Path(HydraConfig.get().runtime.output_dir)
 
     return _train

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import hydra
@@ -121,6 +122,8 @@ def train(cfg: DictConfig) -> float:
     from fastlight.tracking.record import BestValidation, RunRecord
 
     torch.set_flush_denormal(True)  # recurrent models crawl on denormal floats on CPU
+    # The run folder already holds config.yaml and summary.json when the CSV logger starts.
+    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
     resolved = OmegaConf.to_container(cfg, resolve=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     group = cfg.logger.wandb.group if cfg.logger.get("wandb") else None
@@ -158,6 +161,10 @@ def train(cfg: DictConfig) -> float:
             )
         best = BestValidation(cfg.optimized_metric.name, cfg.optimized_metric.mode)
         callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values() if c is not None] + [best]
+        if not loggers:  # nothing to write learning rates to (logger=none)
+            from lightning.pytorch.callbacks import LearningRateMonitor
+
+            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         trainer = hydra.utils.instantiate(
             cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir)
         )
@@ -179,7 +186,7 @@ def train(cfg: DictConfig) -> float:
             if task_summary is not None:
                 extra.update(task_summary(run_dir) or {})
         status, exit_code = "completed", 0
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into SystemExit after its own cleanup
         status, error, exit_code = "interrupted", "interrupted by the user", 130
     except FastlightError as e:
         error, exit_code = str(e), e.exit_code
@@ -192,6 +199,8 @@ def train(cfg: DictConfig) -> float:
 
     _print_summary(record.data, run_dir, sync_dir)
     value = record.data["optimized_metric"]["value"]
+    if cfg.mode == "lr_find" and status == "completed":
+        value = extra["lr_find"]["suggestion"]
     if status != "completed" and not multirun:
         raise SystemExit(exit_code)
     return float("nan") if value is None else value

@@ -1,0 +1,1 @@
+"""Plain `nn.Module`s the tasks share (embeddings, heads, ...); no Lightning in here."""
