@@ -124,6 +124,7 @@ def train(cfg: DictConfig) -> float:
     torch.set_flush_denormal(True)  # recurrent models crawl on denormal floats on CPU
     # The run folder already holds config.yaml and summary.json when the CSV logger starts.
     warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")  # lightning vs torch 2.14
     resolved = OmegaConf.to_container(cfg, resolve=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     group = cfg.logger.wandb.group if cfg.logger.get("wandb") else None
@@ -143,6 +144,8 @@ def train(cfg: DictConfig) -> float:
     try:
         validate(cfg)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
         datamodule = hydra.utils.instantiate(cfg.data)
         datamodule.prepare_data()  # downloads or stops with a clear message, before any training
         datamodule.setup("fit")
@@ -216,7 +219,9 @@ def _lr_find(cfg, trainer, task, datamodule, run_dir: Path, loggers) -> dict:
     """Lightning's lr finder; saves the loss-vs-lr plot in the run folder and logs it to W&B."""
     from lightning.pytorch.tuner import Tuner
 
-    datamodule.steps_per_call = 1  # the finder moves the lr once per training_step
+    # The finder assumes one optimizer step per training_step, stepped by Lightning itself.
+    datamodule.steps_per_call = 1
+    task.automatic_optimization = True
     finder = Tuner(trainer).lr_find(task, datamodule=datamodule, update_attr=False, **cfg.lr_find)
     if finder is None:
         raise FastlightError("the learning-rate finder stopped before recording any loss")

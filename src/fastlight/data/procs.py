@@ -51,7 +51,7 @@ def _numeric(df: pd.DataFrame, name: str, what: str) -> pd.Series:
 def check_columns(df: pd.DataFrame, names: list[str], what: str) -> None:
     missing = [n for n in names if n not in df.columns]
     if missing:
-        raise DataError(f"{what} has no column {', '.join(map(repr, missing))} "
+        raise DataError(f"no column {', '.join(map(repr, missing))} in {what} "
                         f"(its columns: {', '.join(map(str, df.columns))})")
 
 
@@ -218,7 +218,7 @@ class TabularProcs:
 
     def fit(self, df: pd.DataFrame, what: str = "the training rows") -> TabularProcs:
         if len(df) == 0:
-            raise DataError(f"{what} are empty")
+            raise DataError(f"there are no rows in {what}")
         check_columns(df, self.cat_names + self.cont_names + [self.y_name], what)
         filled = self.fill.fit(df, what)(df, what)
         self.categorify = Categorify(self.all_cat_names).fit(filled, what)
@@ -234,10 +234,10 @@ class TabularProcs:
         if self.problem == "classification":
             codes = pd.Categorical(y, categories=self.classes).codes.astype(np.int64)
             if (codes < 0).any():
-                raise DataError(f"{what} have target value {y[codes < 0].iloc[0]!r}, which is not a class of "
+                raise DataError(f"target value {y[codes < 0].iloc[0]!r} in {what} is not a class of "
                                 f"the training rows ({', '.join(map(str, self.classes))})")
-            return torch.from_numpy(codes)
-        values = _numeric(df, self.y_name, what).to_numpy()
+            return torch.from_numpy(np.array(codes))
+        values = np.array(_numeric(df, self.y_name, what), dtype=np.float64)
         if self.log_target:
             if (values <= 0).any():
                 raise DataError(f"target {self.y_name!r} has values <= 0 in {what}: log_target needs positive values")
@@ -248,8 +248,9 @@ class TabularProcs:
         """(x_cat int64 [n, n_cat], x_cont float32 [n, n_cont][, y]) for the rows of `df`."""
         check_columns(df, self.cat_names + self.cont_names + ([self.y_name] if with_target else []), what)
         x = self.normalize(self.categorify(self.fill(df, what)))
-        x_cat = torch.from_numpy(x[self.all_cat_names].to_numpy(np.int64).reshape(len(x), -1))
-        x_cont = torch.from_numpy(x[self.cont_names].to_numpy(np.float32).reshape(len(x), -1))
+        # np.array copies: pandas may hand out read-only views, which torch can't share.
+        x_cat = torch.from_numpy(np.array(x[self.all_cat_names], dtype=np.int64).reshape(len(x), -1))
+        x_cont = torch.from_numpy(np.array(x[self.cont_names], dtype=np.float32).reshape(len(x), -1))
         return (x_cat, x_cont, self.target(df, what)) if with_target else (x_cat, x_cont)
 
     def decode(self, out: torch.Tensor) -> pd.DataFrame:

@@ -47,7 +47,8 @@ class TabularData(L.LightningDataModule):
         self.cat_names, self.cont_names, self.y_name = list(cat_names), list(cont_names), y_name
         self.problem, self.log_target, self.y_range = problem, bool(log_target), y_range
         self.plot_embedding, self.valid_pct = plot_embedding, valid_pct
-        self.batch_size, self.steps_per_call, self.eval_batch_size, self.seed = batch_size, steps_per_call, eval_batch_size, seed
+        self.batch_size, self.steps_per_call, self.eval_batch_size = batch_size, steps_per_call, eval_batch_size
+        self.seed = seed
         self.procs: TabularProcs | None = None
         self.train = self.valid = self.test = None
         self.dims: dict = {}
@@ -59,7 +60,8 @@ class TabularData(L.LightningDataModule):
     def setup(self, stage: str | None = None):
         if self.procs is not None:
             return
-        train, valid, test = (self._labelled(f, what) for f, what in zip(self.frames(), ("training", "validation", "test")))
+        frames = zip(self.frames(), ("training", "validation", "test"))
+        train, valid, test = (self._labelled(f, what) for f, what in frames)
         self.procs = TabularProcs(self.cat_names, self.cont_names, self.y_name, self.problem, self.log_target)
         self.procs.fit(train, "the training rows")
         self.train = self.procs.tensors(train, "the training rows")
@@ -92,9 +94,12 @@ class TabularData(L.LightningDataModule):
             # The Rossmann lesson: (0, log(1.2 * max)) for a log target, else (0, 1.2 * max).
             top = float(y.max())
             return [0.0, top + float(np.log(1.2))] if self.log_target else [0.0, 1.2 * top]
-        lo, hi = (float(v) for v in self.y_range)
+        try:
+            lo, hi = (float(v) for v in self.y_range)
+        except (TypeError, ValueError):
+            lo = hi = 0.0
         if not lo < hi:
-            raise ConfigError(f"data.y_range={list(self.y_range)} must be [lo, hi] with lo < hi, or auto")
+            raise ConfigError(f"data.y_range={self.y_range} must be [lo, hi] with lo < hi, auto or null")
         return [lo, hi]
 
     def random_split(self, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -155,7 +160,8 @@ class AdultData(WithTest, TabularData):
             self.folder,
             [Remote(name, (ADULT_URL + name,), md5) for name, md5 in ADULT_FILES.items()],
             dataset="UCI Adult",
-            how_to=f"put adult.data and adult.test from {ADULT_URL} there, or set FASTLIGHT_DATA to a folder with adult/",
+            how_to=f"put adult.data and adult.test from {ADULT_URL} there, "
+                   "or set FASTLIGHT_DATA to a folder with adult/",
             download=self.download,
         )
 
@@ -217,18 +223,20 @@ class SyntheticAdult(AdultData):
 
 # --- any CSV --------------------------------------------------------------------------------
 def read_table(path, sep: str = ",", what: str = "data.path") -> pd.DataFrame:
+    """A CSV as a frame; `what` names it in messages (a config key like data.path, or a description)."""
     if path is None:
         raise ConfigError(f"{what} is not set; give the CSV file, e.g. {what}=my_table.csv")
+    name = f"{what}={path}" if what.startswith("data.") else f"{what} {path}"
     try:
         df = pd.read_csv(path, sep=sep, low_memory=False)
     except FileNotFoundError:
-        raise DataError(f"{what}={path}: no such file") from None
+        raise DataError(f"{name}: no such file") from None
     except pd.errors.EmptyDataError:
-        raise DataError(f"{what}={path} is empty") from None
+        raise DataError(f"{name} is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise DataError(f"{what}={path} is not a readable CSV ({' '.join(str(e).split())})") from None
+        raise DataError(f"{name} is not a readable CSV ({' '.join(str(e).split())})") from None
     if len(df) == 0:
-        raise DataError(f"{what}={path} has a header but no rows")
+        raise DataError(f"{name} has a header but no rows")
     return df
 
 

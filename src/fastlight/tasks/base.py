@@ -41,6 +41,10 @@ class Task(L.LightningModule):
 
     # --- training ------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
+        if self.automatic_optimization:  # Lightning's lr finder drives the steps itself
+            loss = self.training_loss(batch)
+            self.log("train/loss", loss, prog_bar=True)
+            return loss
         batches = batch if isinstance(batch, Chunk) else [batch]
         opt = self.optimizers()
         sched = self.lr_schedulers()

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MeanSquaredError
 
 from fastlight.data.procs import TabularProcs
 from fastlight.errors import ConfigError, DataError, FastlightError
@@ -37,7 +38,9 @@ class TabularTask(Task):
         super().__init__(optim, schedule)
         self.model = model
         self.procs: TabularProcs | None = None  # from the data module at fit, or from a checkpoint
-        self._outs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # Regression's RMSE and RMSPE per split: root mean squares of errors against zero, over the epoch.
+        self.rms = nn.ModuleDict({f"{stage}_{name}": MeanSquaredError(squared=False) for stage in ("val", "test")
+                                  for name in ("rmse", "rmspe", "exp_rmspe")})
 
     def forward(self, x_cat: torch.Tensor, x_cont: torch.Tensor) -> torch.Tensor:
         return self.model(x_cat, x_cont)
@@ -46,14 +49,13 @@ class TabularTask(Task):
         procs = getattr(self.trainer.datamodule, "procs", None)
         if procs is not None:
             self.procs = procs
-        if stage == "fit":
-            logged = {f"val/{k}" for k in self.metric_names()}
-            for cb in self.trainer.checkpoint_callbacks:
-                if cb.monitor is not None and cb.monitor not in logged:
-                    raise ConfigError(
-                        f"optimized_metric.name={cb.monitor} is not logged by a {self.procs.problem} task "
-                        f"(it logs {', '.join(sorted(logged))}); e.g. optimized_metric.name=val/{self.main_metric()[0]} "
-                        f"optimized_metric.mode={self.main_metric()[1]}")
+        names, main, mode = self.metrics()
+        for cb in self.trainer.checkpoint_callbacks if stage == "fit" else []:
+            if cb.monitor is not None and cb.monitor.removeprefix("val/") not in names:
+                raise ConfigError(
+                    f"optimized_metric.name={cb.monitor} is not logged by a {self.procs.problem} task (it logs "
+                    f"{', '.join('val/' + n for n in names)}); e.g. optimized_metric.name=val/{main} "
+                    f"optimized_metric.mode={mode}")
 
     # --- loss and metrics ------------------------------------------------------------------
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -65,56 +67,48 @@ class TabularTask(Task):
         x_cat, x_cont, y = batch
         return self.loss(self.model(x_cat, x_cont), y)
 
-    def metric_names(self) -> list[str]:
+    def metrics(self) -> tuple[list[str], str, str]:
+        """(every metric logged, the lesson's metric, its mode): acc, exp_rmspe (log target) or rmse."""
         if self.procs.problem == "classification":
-            return ["loss", "acc"]
-        return ["loss", "rmse", "exp_rmspe" if self.procs.log_target else "rmspe"]
+            return ["loss", "acc"], "acc", "max"
+        pct = "exp_rmspe" if self.procs.log_target else "rmspe"
+        return ["loss", "rmse", pct], pct if self.procs.log_target else "rmse", "min"
 
-    def main_metric(self) -> tuple[str, str]:
-        """The lesson's metric and whether more is better: acc, exp_rmspe (log target) or rmse."""
-        if self.procs.problem == "classification":
-            return "acc", "max"
-        return ("exp_rmspe", "min") if self.procs.log_target else ("rmse", "min")
+    def errors(self, out: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Regression: the errors whose root mean square is each metric, on the target's own scale."""
+        pred, targ = out[:, 0].double(), y.double()
+        if self.procs.log_target:
+            pred, targ = pred.exp(), targ.exp()
+        nonzero = targ != 0  # as Kaggle's Rossmann RMSPE: rows with a zero target are skipped
+        pct = (targ[nonzero] - pred[nonzero]) / targ[nonzero]
+        return {"rmse": pred - targ, self.metrics()[0][-1]: pct}  # rmspe, or exp_rmspe for a log target
 
     def scores(self, out: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every metric over whole tensors (RMSE-like metrics can't be averaged over batches)."""
+        """Every metric over whole tensors at once."""
         s = {"loss": self.loss(out, y)}
         if self.procs.problem == "classification":
             s["acc"] = (out.argmax(1) == y).float().mean()
             return s
-        pred, targ = out[:, 0].double(), y.double()
-        if self.procs.log_target:
-            pred, targ = pred.exp(), targ.exp()
-        s["rmse"] = ((pred - targ) ** 2).mean().sqrt()
-        nonzero = targ != 0  # as Kaggle's Rossmann RMSPE: rows with a zero target are skipped
-        pct = (targ[nonzero] - pred[nonzero]) / targ[nonzero]
-        s["exp_rmspe" if self.procs.log_target else "rmspe"] = (pct**2).mean().sqrt()
-        return s
+        return s | {name: (err**2).mean().sqrt() for name, err in self.errors(out, y).items()}
 
-    def _evaluate_step(self, batch) -> None:
+    def _evaluate(self, batch, stage: str) -> None:
         x_cat, x_cont, y = batch
-        self._outs.append((self.model(x_cat, x_cont).detach(), y))
-
-    def _log_epoch(self, stage: str) -> None:
-        if not self._outs:
+        out, n, main = self.model(x_cat, x_cont), len(y), self.metrics()[1]
+        self.log(f"{stage}/loss", self.loss(out, y), batch_size=n)  # a mean of batch means, weighted: exact
+        if self.procs.problem == "classification":
+            self.log(f"{stage}/acc", (out.argmax(1) == y).float().mean(), batch_size=n, prog_bar=stage == "val")
             return
-        out, y = (torch.cat(t) for t in zip(*self._outs))
-        self._outs = []
-        main = self.main_metric()[0]
-        for name, value in self.scores(out, y).items():
-            self.log(f"{stage}/{name}", value.float(), prog_bar=stage == "val" and name == main)
+        for name, err in self.errors(out, y).items():
+            # A root of a mean is not a mean of roots: accumulate squares, take the root at epoch end.
+            metric = self.rms[f"{stage}_{name}"]
+            metric.update(err, torch.zeros_like(err))
+            self.log(f"{stage}/{name}", metric, prog_bar=stage == "val" and name == main)
 
     def validation_step(self, batch, batch_idx):
-        self._evaluate_step(batch)
-
-    def on_validation_epoch_end(self):
-        self._log_epoch("val")
+        self._evaluate(batch, "val")
 
     def test_step(self, batch, batch_idx):
-        self._evaluate_step(batch)
-
-    def on_test_epoch_end(self):
-        self._log_epoch("test")
+        self._evaluate(batch, "test")
 
     # --- the procs travel with the weights ------------------------------------------------------
     def model_dims(self) -> dict:
@@ -146,12 +140,13 @@ class TabularTask(Task):
         dm = self.trainer.datamodule
         out = Path(run_dir) / "interpretation"
         out.mkdir(exist_ok=True)
-        metric, mode = self.main_metric()
+        _, metric, mode = self.metrics()
         imp, base = permutation_importance(self, dm.valid, metric, mode, seed=dm.seed)
         imp.to_csv(out / "importance.csv", index=False)
         plot_importance(imp, f"val/{metric} = {base:.4f}; worse by, with the column shuffled", out / "importance.png")
         images = {"importance": out / "importance.png"}
-        column = dm.plot_embedding or self._widest_categorical()
+        # By default the categorical with the most levels.
+        column = dm.plot_embedding or max(self.procs.cat_names, key=self.procs.categorify.cardinality, default=None)
         if column in self.procs.cat_names:
             coords = embedding_pca(self, column, out / f"embedding_{column}.png")
             coords.to_csv(out / f"embedding_{column}.csv", index=False)
@@ -160,10 +155,6 @@ class TabularTask(Task):
         top = ", ".join(f"{r.column} {r.importance:+.4f}" for r in imp.head(5).itertuples())
         print(f"[tabular] permutation importance (val/{metric} worse by): {top}  -> {out}")
         return {"interpretation": {"folder": str(out), f"importance_{metric}": dict(zip(imp.column, imp.importance))}}
-
-    def _widest_categorical(self) -> str | None:
-        names = self.procs.cat_names
-        return max(names, key=self.procs.categorify.cardinality) if names else None
 
     def _log_to_wandb(self, imp: pd.DataFrame, images: dict[str, Path]) -> None:
         from lightning.pytorch.loggers import WandbLogger
@@ -238,7 +229,8 @@ def embedding_pca(task: TabularTask, column: str, path: Path) -> pd.DataFrame:
     ax.scatter(xy[:, 0], xy[:, 1], s=12)
     for (x, y), label in zip(xy.tolist(), levels):
         ax.annotate(label, (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
-    ax.set_title(f"{column}: embedding, first two principal components", fontsize=10)
+    ax.set(xlabel="PC1", ylabel="PC2")
+    ax.set_title(f"{column}: its embedding's first two principal components", fontsize=10)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     return pd.DataFrame({"level": levels, "pc1": xy[:, 0].numpy(), "pc2": xy[:, 1].numpy()})
 

@@ -105,7 +105,7 @@ class BestValidation(L.Callback):
         self.metrics: dict[str, float] = {}
         self.epoch: int | None = None
 
-    def on_validation_epoch_end(self, trainer, pl_module):
+    def on_validation_end(self, trainer, pl_module):  # after the module's own epoch-end logging
         if trainer.sanity_checking:
             return
         current = trainer.callback_metrics.get(self.monitor)
