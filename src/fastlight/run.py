@@ -183,19 +183,21 @@ def train(cfg: DictConfig) -> float:
             extra["best_epoch"] = best.epoch
             if _has_test(datamodule):
                 # The final weights, as fastai reports them; best.ckpt is kept for the user.
-                (test_metrics,) = trainer.test(task, datamodule=datamodule, verbose=False)
-                metrics.update(test_metrics)
+                for test_metrics in trainer.test(task, datamodule=datamodule, verbose=False):
+                    metrics.update(test_metrics)
             task_summary = getattr(task, "summarize", None)
             if task_summary is not None:
                 extra.update(task_summary(run_dir) or {})
         status, exit_code = "completed", 0
     except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into SystemExit after its own cleanup
         status, error, exit_code = "interrupted", "interrupted by the user", 130
-    except FastlightError as e:
-        error, exit_code = str(e), e.exit_code
-    except Exception as e:  # unexpected: keep the traceback in the run folder, say one line
-        (run_dir / "error.log").write_text(traceback.format_exc())
-        error = f"{type(e).__name__}: {e} (traceback in {run_dir / 'error.log'})"
+    except Exception as e:
+        user_error = _user_error(e)
+        if user_error is not None:
+            error, exit_code = str(user_error), user_error.exit_code
+        else:  # unexpected: keep the traceback in the run folder, say one line
+            (run_dir / "error.log").write_text(traceback.format_exc())
+            error = f"{type(e).__name__}: {e} (traceback in {run_dir / 'error.log'})"
     finally:
         sync_dir = fl_wandb.finish(exit_code)
         record.finish(status, metrics, error, **extra)
@@ -212,7 +214,15 @@ def train(cfg: DictConfig) -> float:
 def _has_test(datamodule) -> bool:
     import lightning as L
 
-    return type(datamodule).test_dataloader is not L.LightningDataModule.test_dataloader
+    defined = type(datamodule).test_dataloader is not L.LightningDataModule.test_dataloader
+    return defined and getattr(datamodule, "has_test", True)  # e.g. an image folder without test/
+
+
+def _user_error(e: BaseException | None) -> FastlightError | None:
+    """The FastlightError behind `e`, if any: hydra's instantiate wraps what a constructor raises."""
+    while e is not None and not isinstance(e, FastlightError):
+        e = e.__cause__
+    return e
 
 
 def _lr_find(cfg, trainer, task, datamodule, run_dir: Path, loggers) -> dict:

@@ -22,14 +22,14 @@ class CSVImageData(ImageData):
     def __init__(self, path: str, csv: str = "labels.csv", folder: str = "", fn_col: int | str = 0,
                  suffix: str = "", valid_pct: float = 0.2, **kwargs):
         super().__init__(**kwargs)
-        self.path = resolve_path(path)
+        self.path = path
         self.csv, self.folder, self.fn_col, self.suffix, self.valid_pct = csv, folder, fn_col, suffix, valid_pct
 
     def prepare_data(self):
         self.read()
 
     def read(self) -> pd.DataFrame:
-        file = self.path / self.csv
+        file = resolve_path(self.path) / self.csv
         if not file.is_file():
             raise DataError(f"{file} does not exist; set data.path to the dataset folder and data.csv to its CSV")
         try:
@@ -49,7 +49,7 @@ class CSVImageData(ImageData):
         raise ConfigError(f"data.{key}={col!r} is not a column of the CSV (columns: {', '.join(map(str, df.columns))})")
 
     def file(self, name) -> Path:
-        return self.path / self.folder / f"{name}{self.suffix}"
+        return resolve_path(self.path) / self.folder / f"{name}{self.suffix}"
 
     def targets(self, df: pd.DataFrame) -> tuple[list, list[str]]:
         """(one target per row, class names or target names)."""
@@ -77,7 +77,8 @@ class MultiLabelCSVData(CSVImageData):
         self.label_col, self.label_delim = label_col, label_delim
 
     def targets(self, df):
-        tags = [str(t).split(self.label_delim) if isinstance(t, str) else [] for t in df[self.column(df, self.label_col, "label_col")]]
+        column = df[self.column(df, self.label_col, "label_col")]
+        tags = [t.split(self.label_delim) if isinstance(t, str) else [] for t in column]  # NaN: no tags
         classes = sorted({t for row in tags for t in row if t})
         index = {c: i for i, c in enumerate(classes)}
         return [[index[t] for t in row if t] for row in tags], classes
@@ -95,7 +96,10 @@ class RegressionCSVData(CSVImageData):
 
     def targets(self, df):
         fn = self.column(df, self.fn_col, "fn_col")
-        cols = [self.column(df, c, "y_cols") for c in self.y_cols] if self.y_cols else [c for c in df.columns if c != fn]
+        if self.y_cols:
+            cols = [self.column(df, c, "y_cols") for c in self.y_cols]
+        else:
+            cols = [c for c in df.columns if c != fn]
         if self.points and len(cols) % 2:
             raise ConfigError(f"data.points=true needs (x, y) column pairs, got {len(cols)} columns: {', '.join(cols)}")
         try:

@@ -33,21 +33,25 @@ def draw_shape(draw: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, r: fl
 
 
 def shapes_image(rng: random.Random, px: int, kinds: list[str]) -> tuple[Image.Image, list[tuple[float, float]]]:
-    """An image with one shape per entry of `kinds`, in distinct quadrants when there are several."""
+    """An image with one shape per entry of `kinds`, in distinct quadrants when there are several.
+
+    Shapes keep a margin from the border, so augmentation's crops and rotations leave them whole.
+    """
     bg = tuple(rng.randint(0, 90) for _ in range(3))
     img = Image.new("RGB", (px, px), bg)
     draw = ImageDraw.Draw(img)
     centres = []
+    margin = 0.1 * px
     quadrants = rng.sample(range(4), len(kinds))
     for kind, q in zip(kinds, quadrants):
         if len(kinds) == 1:  # anywhere, any size that fits
             r = rng.uniform(0.15, 0.3) * px
-            cx, cy = rng.uniform(r, px - r), rng.uniform(r, px - r)
+            cx, cy = (rng.uniform(margin + r, px - margin - r) for _ in range(2))
         else:
-            r = rng.uniform(0.12, 0.2) * px
-            half = px / 2
-            cx = (q % 2) * half + rng.uniform(r, half - r)
-            cy = (q // 2) * half + rng.uniform(r, half - r)
+            r = rng.uniform(0.13, 0.18) * px
+            half = px / 2 - margin
+            cx = margin + (q % 2) * half + rng.uniform(r, half - r)
+            cy = margin + (q // 2) * half + rng.uniform(r, half - r)
         color = tuple(rng.randint(150, 255) for _ in range(3))
         draw_shape(draw, kind, cx, cy, r, color)
         centres.append((cx, cy))

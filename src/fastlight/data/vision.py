@@ -114,8 +114,6 @@ class ImageData(L.LightningDataModule):
                  min_scale: float = 0.75, max_rotate: float = 10.0, max_lighting: float = 0.2, do_flip: bool = True,
                  seed: int = 42):
         super().__init__()
-        if problem not in self.problems:
-            raise ConfigError(f"data.problem={problem!r}: this data gives {' or '.join(self.problems)} targets")
         self.problem, self.size, self.batch_size, self.num_workers = problem, int(size), batch_size, num_workers
         self.aug = dict(min_scale=min_scale, max_rotate=max_rotate, max_lighting=max_lighting, do_flip=do_flip)
         self.seed = seed
@@ -133,6 +131,8 @@ class ImageData(L.LightningDataModule):
     def setup(self, stage: str | None = None):
         if self.train_ds is not None:
             return
+        if self.problem not in self.problems:  # checked here, not in __init__: Hydra would wrap the error
+            raise ConfigError(f"data.problem={self.problem!r}: this data gives {' or '.join(self.problems)} targets")
         train, valid, test, self.classes = self.load_items()
         if not train or not valid:
             raise DataError(f"{type(self).__name__}: found {len(train)} training and {len(valid)} validation images")
@@ -173,12 +173,6 @@ class ImageData(L.LightningDataModule):
         std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
         return (x.float() / 255 - mean) / std
 
-    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Back to [0, 1] floats, for showing images."""
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        return (x * std + mean).clamp(0, 1)
-
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, y = batch
         return self.normalize(x), y
@@ -192,7 +186,7 @@ class ImageFolderData(ImageData):
 
     def __init__(self, path: str, train: str = "train", valid: str | None = None, test: str | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.path = resolve_path(path)
+        self.path = path
         self.train_dir, self.valid_dir, self.test_dir = train, valid, test
         self.unlabelled_test: list[Path] = []
 
@@ -200,17 +194,18 @@ class ImageFolderData(ImageData):
         self._folders()
 
     def _folders(self) -> tuple[Path, Path, Path | None]:
-        if not self.path.is_dir():
-            raise DataError(f"data.path={self.path} is not a folder; give an ImageFolder layout "
+        root = resolve_path(self.path)
+        if not root.is_dir():
+            raise DataError(f"data.path={root} is not a folder; give an ImageFolder layout "
                             "(train/<class>/..., valid/<class>/... or val/<class>/...)")
-        train = self.path / self.train_dir
+        train = root / self.train_dir
         names = [self.valid_dir] if self.valid_dir else ["valid", "val"]
-        valid = next((self.path / n for n in names if (self.path / n).is_dir()), None)
+        valid = next((root / n for n in names if (root / n).is_dir()), None)
         if not train.is_dir() or valid is None:
-            found = ", ".join(sorted(p.name for p in self.path.iterdir() if p.is_dir())) or "no folders"
-            raise DataError(f"{self.path} needs {self.train_dir}/ and {' or '.join(n + '/' for n in names)} with "
+            found = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir())) or "no folders"
+            raise DataError(f"{root} needs {self.train_dir}/ and {' or '.join(n + '/' for n in names)} with "
                             f"one folder per class (found: {found}); set data.train / data.valid to their names")
-        test = self.path / (self.test_dir or "test")
+        test = root / (self.test_dir or "test")
         return train, valid, test if test.is_dir() else None
 
     def load_items(self):
@@ -246,7 +241,12 @@ def resolve_path(path: str | None) -> Path:
 
 
 def image_folder(path: str, train: str = "train", test: str | None = None, **kwargs) -> ImageFolderData:
-    """The data module for an ImageFolder layout; with a labelled `test/`, one that also tests."""
+    """The data module for an ImageFolder layout; with a labelled `test/`, one that also tests.
+
+    (Two classes because Lightning and the run decide whether to test from the class's methods.)
+    """
+    if not path:
+        return ImageFolderData(path=path, train=train, test=test, **kwargs)  # prepare_data says what is missing
     root = resolve_path(path)
     classes = [p.name for p in (root / train).iterdir() if p.is_dir()] if (root / train).is_dir() else []
     labelled = has_class_folders(root / (test or "test"), classes)
@@ -264,7 +264,7 @@ class PetsData(ImageData):
 
     def __init__(self, root: str | None = None, valid_pct: float = 0.2, download: bool = True, **kwargs):
         super().__init__(**kwargs)
-        self.root = data_root(root)
+        self.root = data_root(root).absolute()
         self.folder = self.root / "oxford-iiit-pet" / "images"  # where torchvision puts them
         self.valid_pct, self.download = valid_pct, download
 
@@ -280,10 +280,14 @@ class PetsData(ImageData):
         from torchvision.datasets import OxfordIIITPet
 
         old = socket.getdefaulttimeout()
+        new_folders = [d for d in (self.folder.parent, self.root) if not d.exists()]
         socket.setdefaulttimeout(30)  # torchvision's download has no timeout of its own
         try:
             OxfordIIITPet(str(self.root), download=True)
         except (OSError, RuntimeError) as e:  # no network, HTTP error, checksum mismatch
+            for d in new_folders:  # leave no empty folders behind
+                if d.is_dir() and not any(d.iterdir()):
+                    d.rmdir()
             why = str(getattr(e, "reason", None) or e).splitlines()[0]
             raise DataError(f"Oxford-IIIT Pets: no images in {self.folder} and the download failed ({why}); "
                             f"connect to the internet and run again, or {how}.") from None

@@ -83,7 +83,8 @@ def parse_stages(stages: Sequence[dict]) -> list[Stage]:
         if unknown or "epochs" not in raw or "lr" not in raw:
             raise ConfigError(
                 f"task.stages[{i}]={raw}: each stage needs epochs and lr and may set "
-                f"{', '.join(sorted(allowed - {'epochs', 'lr'}))}" + (f" (unknown: {', '.join(sorted(unknown))})" if unknown else "")
+                f"{', '.join(sorted(allowed - {'epochs', 'lr'}))}"
+                + (f" (unknown: {', '.join(sorted(unknown))})" if unknown else "")
             )
         if not isinstance(raw["epochs"], int) or raw["epochs"] < 1:
             raise ConfigError(f"task.stages[{i}].epochs={raw['epochs']} must be a positive integer")
@@ -115,9 +116,10 @@ class StagedTraining(BaseFinetuning):
 
     # --- Lightning hooks ------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage == "fit":
-            trainer.fit_loop.max_epochs = self.total_epochs  # before anything counts steps
-            self._set_size(trainer, self.stages[0])  # loaders may be built before the first epoch starts
+        if stage != "fit":
+            return  # validating or testing: nothing to freeze or schedule
+        trainer.fit_loop.max_epochs = self.total_epochs  # before anything counts steps
+        self._set_size(trainer, self.stages[0])  # loaders may be built before the first epoch starts
         super().setup(trainer, pl_module, stage)  # -> freeze_before_training
 
     def freeze_before_training(self, pl_module) -> None:

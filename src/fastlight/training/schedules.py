@@ -38,10 +38,13 @@ def build_schedule(
         raise ConfigError(f"schedule.pct_start={pct_start} must be between 0 and 1")
     max_lrs = [g["lr"] for g in optimizer.param_groups]
     cycle = uses_momentum(optimizer)
+    total_steps = max(int(total_steps), 2)
+    if pct_start * total_steps == 1:  # torch's warm-up would end at step 0 and divide by zero
+        total_steps += 1
     return OneCycleLR(
         optimizer,
         max_lr=max_lrs,
-        total_steps=max(int(total_steps), 2),
+        total_steps=total_steps,
         pct_start=pct_start,
         anneal_strategy="cos",
         cycle_momentum=cycle,
