@@ -4,7 +4,8 @@ The lesson's recipe for all three, on the SAME rows (fastai's RandomSplitter: 20
 42, checked against fastai's own split): EmbeddingDotBias with 50 factors, y_range (0, 5.5),
 MSE, Adam(0.9, 0.99, eps 1e-5) with decoupled wd 0.1, one-cycle to 5e-3 over 5 epochs.
 Seconds per epoch include validation (each peer validates every epoch) and are the median over
-all epochs of all repeats; valid MSE is after the last epoch (median over repeats).
+all epochs of all repeats, as wall-clock time and as this process's CPU time (steadier on a
+shared machine); valid MSE is after the last epoch (median over repeats).
 
     flock /tmp/fastlight-bench.lock python tests/benchmarks/bench_collab.py            # bs 64 and 1024
     flock /tmp/fastlight-bench.lock python tests/benchmarks/bench_collab.py --bs 64 --repeats 5
@@ -15,6 +16,7 @@ fastai is optional (`pip install -e ".[bench]"`); without it its row is skipped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -65,7 +67,7 @@ def run_plain(ratings: pd.DataFrame, bs: int) -> tuple[list[float], float]:
         final_div_factor=1e5 / 25.0, base_momentum=0.85, max_momentum=0.95)
     times, mse = [], float("nan")
     for epoch in range(EPOCHS):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         model.train()
         order = torch.randperm(len(tr), generator=torch.Generator().manual_seed(SEED * 100_003 + epoch))
         eu, ei, er = tu[order], ti[order], tr[order]
@@ -81,7 +83,7 @@ def run_plain(ratings: pd.DataFrame, bs: int) -> tuple[list[float], float]:
             sse = sum(float(((model(vu[s], vi[s]) - vr[s]) ** 2).sum())
                       for s in (slice(k, k + 4096) for k in range(0, len(vr), 4096)))
         mse = sse / len(vr)
-        times.append(time.perf_counter() - start)
+        times.append((time.perf_counter() - start, time.process_time() - cpu))
     return times, mse
 
 
@@ -93,10 +95,10 @@ class EpochTimer(L.Callback):
     last_mse = float("nan")
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self._start = time.perf_counter()
+        self._start = (time.perf_counter(), time.process_time())
 
     def on_train_epoch_end(self, trainer, pl_module):
-        EpochTimer.times.append(time.perf_counter() - self._start)
+        EpochTimer.times.append((time.perf_counter() - self._start[0], time.process_time() - self._start[1]))
         EpochTimer.last_mse = float(trainer.callback_metrics["val/mse"])
 
 
@@ -122,17 +124,18 @@ def run_fastlight(data_root: Path, bs: int, logger: str, extra: list[str]) -> tu
     with open_dict(cfg):
         del cfg["hydra"]
     EpochTimer.times = []
-    run.train(cfg)
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # keep the table readable
+        run.train(cfg)
     return list(EpochTimer.times), EpochTimer.last_mse
 
 
 # --- fastai: the lesson's code ------------------------------------------------------------------
 class FastaiEpochTimer(FastaiCallback):
     def before_epoch(self):
-        self._start = time.perf_counter()
+        self._start = (time.perf_counter(), time.process_time())
 
     def after_epoch(self):
-        self.times.append(time.perf_counter() - self._start)
+        self.times.append((time.perf_counter() - self._start[0], time.process_time() - self._start[1]))
 
 
 def run_fastai(ratings: pd.DataFrame, bs: int) -> tuple[list[float], float]:
@@ -159,8 +162,12 @@ def main() -> None:
     parser.add_argument("--bs", type=int, nargs="+", default=[64, 1024])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--logger", default="csv", help="fastlight's logger: csv | wandb | none")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for every peer (default 1: a 64-row step gains nothing from more, "
+                             "and on a shared machine each multi-threaded op waits for a busy core)")
     parser.add_argument("--peers", nargs="+", default=["plain", "fastlight", "fastai"])
-    parser.add_argument("overrides", nargs="*", help="extra fastlight overrides, e.g. data.steps_per_call=16")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="extra fastlight overrides, e.g. --set data.steps_per_call=16")
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -171,10 +178,10 @@ def main() -> None:
         print("fastai is not installed: its row is skipped (pip install -e '.[bench]')")
     runners = {
         "plain": lambda bs: run_plain(ratings, bs),
-        "fastlight": lambda bs: run_fastlight(root, bs, args.logger, args.overrides),
+        "fastlight": lambda bs: run_fastlight(root, bs, args.logger, args.set),
         "fastai": lambda bs: run_fastai(ratings, bs),
     }
-    threads = torch.get_num_threads()
+    threads = args.threads
     for bs in args.bs:
         times = {p: [] for p in peers}
         mses = {p: [] for p in peers}
@@ -184,16 +191,23 @@ def main() -> None:
                 t, mse = runners[p](bs)
                 times[p] += t
                 mses[p].append(mse)
-                print(f"  bs {bs} repeat {rep} {p:9s}: {statistics.median(t):.3f} s/epoch, valid MSE {mse:.4f}",
+                print(f"  bs {bs} repeat {rep} {p:9s}: {statistics.median(w for w, _ in t):.3f} s/epoch "
+                      f"({statistics.median(c for _, c in t):.3f} CPU s), valid MSE {mse:.4f}",
                       file=sys.stderr, flush=True)
         print(f"\nML-100K, 20% random valid (seed 42), {EPOCHS} epochs, n_factors {N_FACTORS}, wd {WD}, lr {LR}, "
               f"batch size {bs}; {args.repeats} repeats, torch threads {threads}")
-        print(f"{'':10s} {'valid MSE':>10s} {'s/epoch':>9s} {'vs plain':>9s} {'vs fastai':>10s}")
-        med = {p: statistics.median(times[p]) for p in peers}
+        print(f"{'':10s} {'valid MSE':>10s} {'s/epoch':>8s} {'vs plain':>9s} {'vs fastai':>10s}"
+              f" {'CPU s/epoch':>12s} {'vs plain':>9s} {'vs fastai':>10s}")
+        wall = {p: statistics.median(w for w, _ in times[p]) for p in peers}
+        cpu = {p: statistics.median(c for _, c in times[p]) for p in peers}
+
+        def ratio(med, p, ref):
+            return f"{med[p] / med[ref]:.2f}x" if ref in med else "-"
+
         for p in peers:
-            vs_plain = f"{med[p] / med['plain']:.2f}x" if "plain" in med else "-"
-            vs_fastai = f"{med[p] / med['fastai']:.2f}x" if "fastai" in med else "-"
-            print(f"{p:10s} {statistics.median(mses[p]):10.4f} {med[p]:9.3f} {vs_plain:>9s} {vs_fastai:>10s}")
+            print(f"{p:10s} {statistics.median(mses[p]):10.4f} {wall[p]:8.3f} {ratio(wall, p, 'plain'):>9s} "
+                  f"{ratio(wall, p, 'fastai'):>10s} {cpu[p]:12.3f} {ratio(cpu, p, 'plain'):>9s} "
+                  f"{ratio(cpu, p, 'fastai'):>10s}")
         sys.stdout.flush()
 
 

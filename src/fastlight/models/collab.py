@@ -21,7 +21,7 @@ from fastlight.errors import ConfigError
 from fastlight.models.embeddings import Embedding, SigmoidRange, emb_sz_rule, sigmoid_range
 
 
-def check_y_range(y_range: Sequence[float] | None, rating_range: Sequence[float] | None) -> tuple | None:
+def check_y_range(y_range: Sequence[float] | None, rating_range: Sequence[float] | None = None) -> tuple | None:
     """`y_range` as a (lo, hi) tuple, refusing one the data's ratings fall outside of."""
     if y_range is None:
         return None
@@ -50,10 +50,10 @@ def _positive_int(name: str, value) -> int:
 class EmbeddingDotBias(nn.Module):
     """fastai's `EmbeddingDotBias` (collab_learner's default model)."""
 
-    def __init__(self, n_users: int, n_items: int, n_factors: int = 50, y_range=(0.0, 5.5), rating_range=None):
+    def __init__(self, n_users: int, n_items: int, n_factors: int = 50, y_range=(0.0, 5.5)):
         super().__init__()
         n_factors = _positive_int("n_factors", n_factors)
-        self.y_range = check_y_range(y_range, rating_range)
+        self.y_range = check_y_range(y_range)
         self.u_weight = Embedding(n_users, n_factors)
         self.i_weight = Embedding(n_items, n_factors)
         self.u_bias = Embedding(n_users, 1)
@@ -85,7 +85,6 @@ class EmbeddingNN(nn.Module):
         ps: float | Sequence[float] = 0.0,
         emb_drop: float = 0.0,
         y_range=(0.0, 5.5),
-        rating_range=None,
     ):
         super().__init__()
         layers = [_positive_int("n_factors", n_factors)] if layers is None else [int(h) for h in layers]
@@ -94,7 +93,7 @@ class EmbeddingNN(nn.Module):
         ps = [float(ps)] * len(layers) if isinstance(ps, (int, float)) else [float(p) for p in ps]
         if len(ps) != len(layers) or not all(0 <= p < 1 for p in [*ps, emb_drop]):
             raise ConfigError(f"model.ps={ps} and model.emb_drop={emb_drop} must be in [0, 1), one p per layer")
-        y_range = check_y_range(y_range, rating_range)
+        self.y_range = y_range = check_y_range(y_range)
         self.u_weight = Embedding(n_users, emb_sz_rule(n_users))
         self.i_weight = Embedding(n_items, emb_sz_rule(n_items))
         self.emb_drop = nn.Dropout(emb_drop)

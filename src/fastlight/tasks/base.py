@@ -89,9 +89,14 @@ class Task(L.LightningModule):
     def total_optimizer_steps(self) -> int:
         """Optimizer steps in the whole fit (what one-cycle spans), counting steps inside chunks.
 
-        May overestimate slightly (a partial last chunk), never underestimate: torch's
-        OneCycleLR refuses to step past its end.
+        Never underestimates: torch's OneCycleLR refuses to step past its end.
         """
         calls = self.trainer.estimated_stepping_batches  # training_step calls
-        per_call = getattr(self.trainer.train_dataloader, "steps_per_call", 1)
-        return int(calls * per_call) if math.isfinite(calls) else 1_000_000
+        loader = self.trainer.train_dataloader
+        if not math.isfinite(calls):
+            return 1_000_000
+        steps = int(calls * getattr(loader, "steps_per_call", 1))
+        n_batches = getattr(loader, "n_batches", None)  # exact when whole epochs run
+        if n_batches is not None and self.trainer.max_epochs and self.trainer.max_epochs > 0:
+            steps = min(steps, n_batches * self.trainer.max_epochs)
+        return steps

@@ -59,10 +59,10 @@ def finite_or_none(x) -> float | None:
 
 
 class RunRecord:
-    """Owns `summary.json` for one run."""
+    """Owns `summary.json` for one run (run_dir None: keeps the data, writes nothing, as DDP ranks > 0)."""
 
-    def __init__(self, run_dir: Path, task: str, seed: int, optimized_metric: dict, extra: dict | None = None):
-        self.path = Path(run_dir) / "summary.json"
+    def __init__(self, run_dir: Path | None, task: str, seed: int, optimized_metric: dict, extra: dict | None = None):
+        self.path = Path(run_dir) / "summary.json" if run_dir is not None else None
         self.started = time.time()
         self.data = {
             "task": task,
@@ -82,7 +82,8 @@ class RunRecord:
 
     def save(self) -> None:
         self.data["wall_time_s"] = round(time.time() - self.started, 3)
-        write_json_atomic(self.path, self.data)
+        if self.path is not None:
+            write_json_atomic(self.path, self.data)
 
     def finish(self, status: str, metrics: dict | None = None, error: str | None = None, **extra) -> None:
         assert status in STATUSES

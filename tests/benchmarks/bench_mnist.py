@@ -1,0 +1,251 @@
+"""MNIST MLP 784-100-10, one epoch of one-cycle at batch size 64: fastlight vs a plain PyTorch loop.
+
+    flock /tmp/fastlight-bench.lock python tests/benchmarks/bench_mnist.py [--repeats 3] [--threads 1]
+
+All peers train the same model (torch's default init from the same seed), with Adam, the same
+one-cycle schedule, batch size and loss as the task's default config (conf/task/mnist.yaml), on
+the real MNIST files in the data root ($FASTLIGHT_DATA, else ../shared/data beside the checkout),
+in this one process, interleaved (fastlight, loop, fastai, fastlight, ...). Repeat i uses seed
+seeds[i] for every peer, so the accuracy column is a median over seeds too.
+
+- fastlight: `fastlight.run.train` on the config `python train.py task=mnist model.hidden=[100]
+  logger=csv` composes (the real run lifecycle: datamodule, task, Trainer.fit, Trainer.test; its
+  progress bar, checkpoints and lr monitor; csv rather than W&B only to keep runs out of W&B,
+  which costs nothing measurable when it logs every few hundred steps).
+- loop: a hand-written loop slicing batches from in-memory tensors as `TensorBatches` does,
+  torch's Adam and OneCycleLR, no logging, on the same train/test split as the fastlight run.
+- fastai (only if importable): Learner + fit_one_cycle with fastai's Adam, loaders from
+  `DataLoaders.from_dsets` over (x, y) rows as the lesson builds them (num_workers=0), no bar.
+
+Seconds per epoch is the training epoch only, for every peer: from the start of the epoch to the
+end of its last optimizer step, the epoch's shuffle included (fastlight: a callback's
+on_train_epoch_start -> last on_train_batch_end; fastai: before_train -> after_train; the loop:
+its own timer). Not timed: validation, test, checkpoints, start-up. Test accuracy is on the
+official 10,000 test digits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+
+# lightning sets this at import; fastlight's run.py sets it back to 0 (see DESIGN.md), so the
+# plain loop in this process must not pay ~0.3 ms per step for an NVML probe either.
+os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
+os.environ.setdefault("WANDB_MODE", "offline")
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class EpochTimer(L.Callback):
+    """Seconds of each training epoch, from its start to the end of its last training batch."""
+
+    seconds: list[float] = []  # class-level: Hydra builds the instance inside fastlight.run.train
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._start = self._end = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._end = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        EpochTimer.seconds.append(self._end - self._start)
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("FASTLIGHT_DATA") or REPO.parent / "shared" / "data")
+
+
+def compose(overrides: list[str], run_dir: Path):
+    """The config `python train.py <overrides>` would run, as tests/conftest.py composes it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from fastlight import run
+
+    run._register()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with initialize_config_dir(str(run.CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=[f"hydra.run.dir={run_dir}", *overrides], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.job.name = "train"
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # a real run's config has no hydra node; ${hydra:...} still resolves
+    return cfg
+
+
+def run_fastlight(overrides: list[str], seed: int, run_dir: Path) -> tuple[float, float]:
+    from fastlight.run import train
+
+    cfg = compose([*overrides, f"seed={seed}", f"+callbacks.epoch_timer._target_={__name__}.EpochTimer"], run_dir)
+    train(cfg)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return summary["metrics"]["test/acc"], EpochTimer.seconds[-1]
+
+
+def mlp(hidden: list[int]) -> nn.Sequential:
+    layers, n_in = [], 784
+    for h in hidden:
+        layers += [nn.Linear(n_in, h), nn.ReLU()]
+        n_in = h
+    return nn.Sequential(*layers, nn.Linear(n_in, 10))
+
+
+def test_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+def one_cycle(opt, cfg, total_steps: int):
+    s = cfg.schedule
+    return torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.optim.lr, total_steps=total_steps, pct_start=s.pct_start, anneal_strategy="cos",
+        max_momentum=s.moms[0], base_momentum=s.moms[1], div_factor=s.div, final_div_factor=s.div_final / s.div,
+    )
+
+
+def run_loop(cfg, data, seed: int) -> tuple[float, float]:
+    """The plain loop: same model, Adam, OneCycleLR, batch size and loss; batches sliced from tensors."""
+    (x, y), (x_test, y_test) = data.train, data.test
+    torch.manual_seed(seed)  # what seed_everything does before fastlight builds the model
+    model = mlp(list(cfg.model.get("hidden", [])))
+    o = cfg.optim
+    opt = torch.optim.Adam(model.parameters(), lr=o.lr, betas=(o.mom, o.sqr_mom), eps=o.eps, weight_decay=o.wd)
+    bs, n = cfg.data.batch_size, len(x)
+    steps = math.ceil(n / bs)
+    sched = one_cycle(opt, cfg, steps)
+    start = time.perf_counter()
+    # As TensorBatches does inside the epoch: its epoch-0 order, one gather, then contiguous slices.
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003))
+    x, y = x[order], y[order]
+    for i in range(steps):
+        xb, yb = x[i * bs : (i + 1) * bs], y[i * bs : (i + 1) * bs]
+        loss = F.cross_entropy(model(xb), yb, label_smoothing=cfg.task.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    seconds = time.perf_counter() - start
+    return test_accuracy(model, x_test, y_test), seconds
+
+
+def run_fastai(cfg, data, seed: int) -> tuple[float, float]:
+    from fastai.callback.core import Callback
+    from fastai.callback.schedule import Learner  # noqa: F401  (adds fit_one_cycle to Learner)
+    from fastai.data.core import DataLoaders
+    from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropy
+    from fastai.optimizer import Adam
+    from fastai.torch_core import set_seed
+
+    class Timer(Callback):
+        def before_train(self):
+            self.start = time.perf_counter()
+
+        def after_train(self):
+            self.seconds = time.perf_counter() - self.start
+
+    (x, y), valid, (x_test, y_test) = data.train, data.valid, data.test
+    set_seed(seed)  # python, numpy and torch: the model's init and fastai's shuffle
+    model = mlp(list(cfg.model.get("hidden", [])))
+    dls = DataLoaders.from_dsets(
+        list(zip(x, y)), list(zip(*valid)), bs=cfg.data.batch_size, num_workers=0, device=torch.device("cpu")
+    )
+    ls = cfg.task.label_smoothing
+    loss = LabelSmoothingCrossEntropy(eps=ls) if ls else CrossEntropyLossFlat()
+    o, s = cfg.optim, cfg.schedule
+    timer = Timer()
+    learn = Learner(dls, model, loss_func=loss, opt_func=Adam, cbs=[timer], wd=o.wd)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(
+            1, o.lr, div=s.div, div_final=s.div_final, pct_start=s.pct_start, moms=tuple(s.moms),
+        )
+    return test_accuracy(model, x_test, y_test), timer.seconds
+
+
+def fastai_available() -> bool:
+    try:
+        import fastai  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; repeat i uses seeds[i]")
+    p.add_argument("--seeds", default="42,0,1", help="comma-separated, cycled over the repeats")
+    p.add_argument("--threads", type=int, default=1, help="torch threads, the same for every peer")
+    p.add_argument("--hidden", default="[100]", help="model.hidden ('' with model=logistic)")
+    p.add_argument("--no-fastai", action="store_true", help="skip fastai even if it is installed")
+    p.add_argument("overrides", nargs="*", help="extra config overrides for every peer, e.g. data.steps_per_call=32")
+    args = p.parse_args()
+
+    torch.set_num_threads(args.threads)
+    root = data_root()
+    if not (root / "mnist").is_dir():
+        sys.exit(f"no MNIST under {root}; set FASTLIGHT_DATA to a folder that has mnist/")
+    hidden = [f"model.hidden={args.hidden}"] if args.hidden else []
+    overrides = ["task=mnist", *hidden, "logger=csv", f"data.root={root}", *args.overrides]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    with_fastai = fastai_available() and not args.no_fastai
+
+    from fastlight.data.mnist import MNISTData
+
+    with tempfile.TemporaryDirectory(prefix="bench_mnist-") as tmp:
+        cfg = compose(overrides, Path(tmp))
+    if cfg.optim.name != "adam" or cfg.schedule.name != "one_cycle":
+        sys.exit("the plain loop and fastai peers here are written for optim=adam schedule=one_cycle")
+
+    peers = ["fastlight", "loop"] + (["fastai"] if with_fastai else [])
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in peers}
+    datasets: dict[int, MNISTData] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_mnist-") as tmp:
+        for i in range(args.repeats):
+            seed = seeds[i % len(seeds)]
+            run_dir = Path(tmp) / f"run{i}"
+            cfg = compose([*overrides, f"seed={seed}"], run_dir)
+            if seed not in datasets:  # the same split the fastlight run uses (data.seed = seed)
+                datasets[seed] = MNISTData(root=str(root), seed=seed)
+                datasets[seed].setup("fit")
+            results["fastlight"].append(run_fastlight(overrides, seed, run_dir))
+            results["loop"].append(run_loop(cfg, datasets[seed], seed))
+            if with_fastai:
+                results["fastai"].append(run_fastai(cfg, datasets[seed], seed))
+            print(f"repeat {i} (seed {seed}): " + "  ".join(
+                f"{name} acc {results[name][-1][0]:.4f} {results[name][-1][1]:.3f}s" for name in peers
+            ), flush=True)
+
+    median = {name: (statistics.median(a for a, _ in r), statistics.median(s for _, s in r)) for name, r in results.items()}
+    base = median["loop"][1]
+    print(
+        f"\nMNIST MLP 784-{''.join(f'{h}-' for h in cfg.model.get('hidden', []))}10, 1 epoch, bs {cfg.data.batch_size}, "
+        f"{cfg.optim.name} lr {cfg.optim.lr} one-cycle, label_smoothing {cfg.task.label_smoothing}, "
+        f"steps_per_call {cfg.data.steps_per_call}, {args.threads} thread(s); medians of {args.repeats} "
+        f"interleaved repeats, seeds {seeds[: args.repeats]}"
+    )
+    print(f"{'peer':<10} {'test acc':>9} {'s/epoch':>8} {'vs loop':>8}")
+    for name in peers:
+        acc, sec = median[name]
+        print(f"{name:<10} {acc:>9.4f} {sec:>8.3f} {sec / base:>7.2f}x")
+    ratio = median["fastlight"][1] / base
+    print(f"fastlight / loop seconds per epoch (ratio of medians): {ratio:.2f} (target <= 1.25)")
+
+
+if __name__ == "__main__":
+    main()
