@@ -5,7 +5,7 @@ The grid is sweeps/sweep/collab_grid.yaml (n_factors 20,50,100,200 x wd 0.01,0.1
 100K, 3 epochs a run. Each sweep is one `python train.py -m ...` process, timed from its start
 to its exit (wall) and by the CPU time it and its children used. With --single-thread a third row
 runs the sequential sweep with OMP_NUM_THREADS=1, the thread count of each parallel job (the collab
-task already trains on one thread: task.torch_threads).
+task already trains on one thread: torch_threads).
 
 Then the fixed cost of one job: process start -> first training step of a single
 `python train.py task=collab` run (imports, composing the config, loading the data, building

@@ -192,7 +192,7 @@ def main() -> None:
     peers = [p for p in args.peers if p != "fastai" or fastai_tabular is not None]
     if "fastai" in args.peers and fastai_tabular is None:
         print("fastai is not installed: its row is skipped (pip install -e '.[bench]')")
-    extra = [f"task.num_threads={args.threads}", *args.set]
+    extra = [f"torch_threads={args.threads}", *args.set]
     runners = {
         "plain": lambda seed: run_plain(dm, seed),
         "fastlight": lambda seed: run_fastlight(root, seed, args.logger, extra),

@@ -35,11 +35,9 @@ from fastlight.tasks.base import Task
 
 
 class CollabTask(Task):
-    def __init__(self, model: nn.Module, optim: dict, schedule: dict, n_top: int = 15, n_plot: int = 50,
-                 torch_threads: int | None = 1):
+    def __init__(self, model: nn.Module, optim: dict, schedule: dict, n_top: int = 15, n_plot: int = 50):
         super().__init__(optim, schedule)
         self.model = model
-        self.torch_threads = torch_threads
         # torchmetrics objects: Lightning computes them over the whole epoch, then resets them.
         self.eval_metrics = nn.ModuleDict({
             f"{stage}_{name}": MeanSquaredError(squared=name == "mse")
@@ -59,18 +57,6 @@ class CollabTask(Task):
         rating_range = getattr(self.trainer.datamodule, "rating_range", None)
         if stage == "fit" and rating_range is not None:
             check_y_range(self.model.y_range, rating_range)  # ConfigError if the ratings are out of reach
-
-    # --- CPU threads: a step on 64 ratings is ~50 tiny ops; splitting each across threads costs
-    # more than it saves, and on a busy machine every op waits for a free core (10x slower here).
-    def on_fit_start(self):
-        self._threads_before = torch.get_num_threads()
-        if self.torch_threads and self.device.type == "cpu":
-            torch.set_num_threads(self.torch_threads)
-
-    def teardown(self, stage: str):
-        if getattr(self, "_threads_before", None):
-            torch.set_num_threads(self._threads_before)
-            self._threads_before = None
 
     # --- workaround until tasks/base.py does the same for every task (diff in the collab report) ---
     def training_step(self, batch, batch_idx):
