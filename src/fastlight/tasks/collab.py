@@ -27,8 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanSquaredError
 
-from fastlight.data.core import Chunk
-from fastlight.errors import DataError, FastlightError, NonFiniteLossError
+from fastlight.errors import DataError, FastlightError
 from fastlight.models import collab_interpret as interpret
 from fastlight.models.collab import check_y_range
 from fastlight.tasks.base import Task
@@ -57,49 +56,6 @@ class CollabTask(Task):
         rating_range = getattr(self.trainer.datamodule, "rating_range", None)
         if stage == "fit" and rating_range is not None:
             check_y_range(self.model.y_range, rating_range)  # ConfigError if the ratings are out of reach
-
-    # --- workaround until tasks/base.py does the same for every task (diff in the collab report) ---
-    def training_step(self, batch, batch_idx):
-        """`Task.training_step`, with Lightning's per-step machinery on a chunk's last step only.
-
-        That machinery (precision plugin; on_before_backward, on_after_backward and
-        on_before_optimizer_step on every callback) costs ~80 us, a fifth of a 64-rating step.
-        The other steps of a chunk call torch directly, which changes nothing in 32-bit precision
-        without clipping; `_on_before_step`/`_on_after_step` keep `global_step` counting every step.
-        """
-        batches = batch if isinstance(batch, Chunk) else [batch]
-        if len(batches) == 1 or self.clip or self.trainer.precision != "32-true":
-            return super().training_step(batch, batch_idx)
-        opt, sched = self.optimizers(), self.lr_schedulers()
-        first_step = self.global_step
-        losses = []
-        for k, b in enumerate(batches):
-            loss = self.training_loss(b)
-            if k < len(batches) - 1:
-                opt.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                opt._on_before_step()
-                opt.optimizer.step()
-                opt._on_after_step()
-            else:
-                opt.zero_grad(set_to_none=True)
-                self.manual_backward(loss)
-                opt.step()
-            if sched is not None:
-                sched.step()
-            losses.append(loss.detach())
-        losses = torch.stack(losses)
-        finite = torch.isfinite(losses)
-        if not bool(finite.all()):  # one sync per chunk, as the base does
-            bad = int((~finite).nonzero()[0])
-            raise NonFiniteLossError(
-                f"the training loss became {losses[bad].item()} at step {first_step + bad} "
-                f"(epoch {self.current_epoch}, lr {opt.param_groups[-1]['lr']:.3g}); try a lower learning rate "
-                "(optim.lr). Checkpoints and records written before this step are kept."
-            )
-        mean = losses.mean()
-        self.log("train/loss", mean, prog_bar=True, batch_size=len(batches))
-        return mean
 
     # --- evaluation: MSE over the whole split, RMSE its square root (not a mean of batch roots) ---
     def _evaluate(self, batch, stage: str) -> None:
