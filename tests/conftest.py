@@ -32,28 +32,10 @@ def real_data() -> Path:
 @pytest.fixture
 def compose_run(tmp_path):
     """compose_run(*overrides, run_dir=None) -> a config ready for `fastlight.run.train`."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
     from fastlight import run
 
-    run._register()
-
     def _compose(*overrides: str, run_dir: Path | None = None):
-        run_dir = Path(run_dir or tmp_path / "run")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with initialize_config_dir(str(run.CONF_DIR), version_base="1.3"):
-            cfg = compose(
-                "config", overrides=[f"hydra.run.dir={run_dir}", *overrides], return_hydra_config=True
-            )
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(run_dir)
-            cfg.hydra.job.name = "train"
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]  # a real run's config has no hydra node; ${hydra:...} still resolves
-        return cfg
+        return run.compose(list(overrides), run_dir or tmp_path / "run")
 
     return _compose
 

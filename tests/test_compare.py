@@ -31,23 +31,10 @@ LRS = ("0.003", "0.03")
 
 def train(run_dir: Path, *overrides: str) -> None:
     """One run in-process, as `python train.py` would do it (see conftest.compose_run)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
     from fastlight import run
 
-    run._register()
     run_dir.mkdir(parents=True)
-    with initialize_config_dir(str(run.CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=[f"hydra.run.dir={run_dir}", *BASE, *overrides], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.job.name = "train"
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
+    cfg = run.compose([*BASE, *overrides], run_dir)
     try:
         run.train(cfg)
     except SystemExit:  # a failed single run exits non-zero; its folder is what we compare

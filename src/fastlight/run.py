@@ -311,6 +311,27 @@ def main() -> None:
     _hydra_main()
 
 
+def compose(overrides: list[str], run_dir: str | Path, job_name: str = "train") -> DictConfig:
+    """In-process, the config that `python train.py <overrides>` would run in `run_dir`, with
+    Hydra's runtime set up so `train(cfg)` works (tests, benchmarks, notebooks)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import open_dict
+
+    _register()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=[f"hydra.run.dir={run_dir}", *overrides], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.job.name = job_name
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # a real run's config has no hydra node; ${hydra:...} still resolves
+    return cfg
+
+
 def load_run(run_dir: str | Path, ckpt: str = "best", setup_data: bool = True):
     """Rebuild a finished run from its folder: (config, datamodule, task with `ckpt` weights loaded).
 

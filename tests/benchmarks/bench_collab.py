@@ -103,26 +103,14 @@ class EpochTimer(L.Callback):
 
 
 def run_fastlight(data_root: Path, bs: int, logger: str, extra: list[str]) -> tuple[list[float], float]:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
     from fastlight import run
 
-    run._register()
     run_dir = Path(tempfile.mkdtemp(prefix="bench_collab_"))
     overrides = [
         "task=collab", "data=ml100k", f"data.root={data_root}", f"data.batch_size={bs}", f"logger={logger}",
-        f"hydra.run.dir={run_dir}", "+callbacks.epoch_timer._target_=__main__.EpochTimer", *extra,
+        "+callbacks.epoch_timer._target_=__main__.EpochTimer", *extra,
     ]
-    with initialize_config_dir(str(run.CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.job.name = "bench"
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
+    cfg = run.compose(overrides, run_dir, job_name="bench")
     EpochTimer.times = []
     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # keep the table readable
         run.train(cfg)

@@ -46,6 +46,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from fastlight.run import compose  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -66,28 +68,6 @@ class EpochTimer(L.Callback):
 
 def data_root() -> Path:
     return Path(os.environ.get("FASTLIGHT_DATA") or REPO.parent / "shared" / "data")
-
-
-def compose(overrides: list[str], run_dir: Path):
-    """The config `python train.py <overrides>` would run, as tests/conftest.py composes it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from fastlight import run
-
-    run._register()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with initialize_config_dir(str(run.CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=[f"hydra.run.dir={run_dir}", *overrides], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.job.name = "train"
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]  # a real run's config has no hydra node; ${hydra:...} still resolves
-    return cfg
 
 
 def run_fastlight(overrides: list[str], seed: int, run_dir: Path) -> tuple[float, float]:

@@ -88,29 +88,17 @@ class TrainTimer(L.Callback):
 
 
 def run_fastlight(path: Path, epochs: int, workers: int, extra: list[str]) -> list[tuple[int, float, float]]:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
     from fastlight import run
 
-    run._register()
     run_dir = Path(tempfile.mkdtemp(prefix="bench_vision_"))
     overrides = [
         "task=vision", "data=folder", f"data.path={path}", f"data.size={SIZE}", f"data.batch_size={BS}",
         f"data.num_workers={workers}", "model.arch=resnet34", "model.pretrained=false",
         "task.stages=null", f"optim.lr={LR}", f"optim.wd={WD}", f"trainer.max_epochs={epochs}", "logger=csv",
-        f"seed={SEED}", f"hydra.run.dir={run_dir}", "+callbacks.train_timer._target_=__main__.TrainTimer",
+        f"seed={SEED}", "+callbacks.train_timer._target_=__main__.TrainTimer",
         "callbacks.progress_bar=null", "+trainer.enable_progress_bar=false", *extra,  # fastai runs with no_bar too
     ]
-    with initialize_config_dir(str(run.CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.job.name = "bench"
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
+    cfg = run.compose(overrides, run_dir, job_name="bench")
     TrainTimer.epochs = []
     run.train(cfg)
     return list(TrainTimer.epochs)
