@@ -39,13 +39,7 @@ def tiny_vision_model(n_out, arch=None, pretrained=False, weights_path=None, ps=
     return VisionModel(body, create_head(64, n_out, lin_ftrs, ps, concat_pool, y_range))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions on a busy CPU run many times faster on one thread than on two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -20,13 +20,7 @@ from fastlight.training.finetune import Stage, StagedTraining, fine_tune, parse_
 from fastlight.training.layer_groups import freeze, freeze_to, group_lrs, param_groups, set_lrs, unfreeze
 from fastlight.training.optimizers import OPTIMIZERS, build_optimizer
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions on a busy CPU run many times faster on one thread than on two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- per-group learning rates ------------------------------------------------------------------------
