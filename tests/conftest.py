@@ -43,10 +43,10 @@ def one_thread():
 @pytest.fixture
 def compose_run(tmp_path):
     """compose_run(*overrides, run_dir=None) -> a config ready for `fastlight.run.train`."""
-    from fastlight import run
+    from fastlight.config import compose
 
     def _compose(*overrides: str, run_dir: Path | None = None):
-        return run.compose(list(overrides), run_dir or tmp_path / "run")
+        return compose(list(overrides), run_dir or tmp_path / "run")
 
     return _compose
 

@@ -31,10 +31,10 @@ LRS = ("0.003", "0.03")
 
 def train(run_dir: Path, *overrides: str) -> None:
     """One run in-process, as `python train.py` would do it (see conftest.compose_run)."""
-    from fastlight import run
+    from fastlight import config, run
 
     run_dir.mkdir(parents=True)
-    cfg = run.compose([*BASE, *overrides], run_dir)
+    cfg = config.compose([*BASE, *overrides], run_dir)
     try:
         run.train(cfg)
     except SystemExit:  # a failed single run exits non-zero; its folder is what we compare

@@ -52,11 +52,11 @@ def test_same_seed_same_metrics_and_seed_zero_is_honoured(train_run, tmp_path):
 def test_runs_started_in_the_same_second_get_their_own_folders(compose_run):
     from hydra import compose, initialize_config_dir
 
-    from fastlight import run
+    from fastlight import config
 
     dirs = set()
     for _ in range(5):
-        with initialize_config_dir(str(run.CONF_DIR), version_base="1.3"):
+        with initialize_config_dir(str(config.CONF_DIR), version_base="1.3"):
             cfg = compose("config", overrides=["task=mnist"], return_hydra_config=True)
         dirs.add(cfg.hydra.run.dir)
     assert len(dirs) == 5

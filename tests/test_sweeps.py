@@ -44,10 +44,10 @@ def compose(*overrides: str):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from fastlight import run
+    from fastlight import config
 
-    run._register()
-    with initialize_config_dir(str(run.CONF_DIR), version_base="1.3"):
+    config.register()
+    with initialize_config_dir(str(config.CONF_DIR), version_base="1.3"):
         return hydra_compose("config", overrides=list(overrides), return_hydra_config=True)
 
 

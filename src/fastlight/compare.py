@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
 LOWER_IS_BETTER = {"min": True, "max": False}
 STATUS_ORDER = {"completed": 0, "running": 1, "interrupted": 2, "failed": 3}

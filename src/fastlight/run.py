@@ -2,11 +2,8 @@
 
 `python train.py task=mnist model=mlp optim=adam trainer.max_epochs=1` lands here. Heavy
 libraries (torch, lightning, wandb) are imported inside `train`, so commands that only read
-configs (`--help`, `--cfg job`) stay fast.
-
-Config layout: a task config (`conf/task/<task>.yaml`) chooses its default `data` and `model`;
-`data=<name>` on the command line picks `conf/data/<task>/<name>.yaml` for the current task,
-so `data=csv` means the ratings CSV for `task=collab` and a table for `task=tabular`.
+configs (`--help`, `--cfg job`) stay fast. Composing and checking the config is `fastlight.config`;
+rebuilding a finished run is `fastlight.runs.load_run`.
 """
 
 from __future__ import annotations
@@ -18,96 +15,11 @@ import warnings
 from pathlib import Path
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from fastlight.config import CONF_DIR, check_choices, help_text, register, validate
 from fastlight.errors import ConfigError, FastlightError
-
-ROOT = Path(__file__).resolve().parents[2]
-CONF_DIR = ROOT / "conf"
-PER_TASK_GROUPS = ("data", "model")
-
-
-def _register() -> None:
-    """Resolvers used by conf/hydra, and the task-relative `data=`/`model=` choices."""
-    if not OmegaConf.has_resolver("fl_root"):
-        OmegaConf.register_new_resolver("fl_root", lambda: str(ROOT))
-        # A short random suffix: two runs started in the same second never share a folder.
-        OmegaConf.register_new_resolver("fl_unique", lambda: os.urandom(3).hex(), use_cache=True)
-    cs = ConfigStore.instance()
-    for group in PER_TASK_GROUPS:
-        # `data=csv` selects this empty marker; the defaults list then loads data/<task>/csv.yaml.
-        for name in sorted({p.stem for p in (CONF_DIR / group).glob("*/*.yaml")}):
-            cs.store(group=group, name=name, node={})
-
-
-def choices_for(group: str, task: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group / task).glob("*.yaml"))
-
-
-def check_choices(argv: list[str]) -> None:
-    """Catch `task=`/`data=`/`model=` choices that don't exist, with the list of valid ones.
-
-    Hydra would also refuse them, but for a task-relative choice it names a file instead.
-    Sweep expressions such as `choice(...)` are left to Hydra.
-    """
-    args = dict(a.split("=", 1) for a in argv if "=" in a and a[0].isalpha() and "(" not in a)
-    sweep = next((a.split("=", 1)[1] for a in argv if a.startswith("+sweep=")), None)
-    tasks = sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml"))
-    for task in args["task"].split(",") if "task" in args else [_sweep_task(sweep) or _default_task()]:
-        if task not in tasks:
-            raise ConfigError(f"unknown task {task!r}; available tasks: {', '.join(tasks)}")
-        for group in PER_TASK_GROUPS:
-            for value in args[group].split(",") if group in args else []:
-                valid = choices_for(group, task)
-                if value not in valid:
-                    raise ConfigError(f"{group}={value} is not available for task={task}; choose one of: {', '.join(valid)}")
-
-
-def _sweep_task(name: str | None) -> str | None:
-    """The task a named sweep picks (`- override /task: <task>` in sweeps/sweep/<name>.yaml)."""
-    path = ROOT / "sweeps" / "sweep" / f"{name}.yaml"
-    if name is None or not path.is_file():
-        return None
-    for line in path.read_text().splitlines():
-        if line.strip().startswith("- override /task:"):
-            return line.split(":", 1)[1].split("#")[0].strip()
-    return None
-
-
-def _default_task() -> str:
-    for line in (CONF_DIR / "config.yaml").read_text().splitlines():
-        if line.strip().startswith("- task:"):
-            return line.split(":", 1)[1].strip().split()[0]
-    return "collab"
-
-
-def validate(cfg: DictConfig) -> None:
-    """Values the configs can't type-check: one sentence per mistake."""
-
-    def need(ok: bool, msg: str) -> None:
-        if not ok:
-            raise ConfigError(msg)
-
-    def number(x) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-    lr = cfg.optim.lr
-    lrs = list(lr) if OmegaConf.is_list(lr) else [lr]
-    need(all(number(x) for x in lrs), f"optim.lr={lr} must be a number, [hi] or [lo, hi]")
-    need(all(x > 0 for x in lrs), f"optim.lr={lr} must be positive")
-    wd = cfg.optim.get("wd", 0.0)
-    need(number(wd) and wd >= 0, f"optim.wd={wd} must be a number >= 0")
-    bs = cfg.data.get("batch_size")
-    if bs is not None:
-        need(isinstance(bs, int) and bs >= 1, f"data.batch_size={bs} must be a positive integer")
-    epochs = cfg.trainer.get("max_epochs")
-    if epochs is not None:
-        need(isinstance(epochs, int) and (epochs >= 1 or epochs == -1), f"trainer.max_epochs={epochs} must be >= 1")
-    need(isinstance(cfg.seed, int), f"seed={cfg.seed} must be an integer")
-    need(cfg.mode in ("fit", "lr_find"), f"mode={cfg.mode} must be fit or lr_find")
-    need(cfg.optimized_metric.mode in ("min", "max"), "optimized_metric.mode must be min or max")
 
 
 def _is_multirun() -> bool:
@@ -285,24 +197,11 @@ def _hydra_main(cfg: DictConfig) -> float:
     return train(cfg)
 
 
-def help_text() -> str:
-    """`--help` with conf/hydra/default.yaml's template, the groups listed by scanning conf/:
-    Hydra's own listing composes the config once per group (~1 s, 2 s on a busy machine)."""
-    groups = sorted(p for p in CONF_DIR.rglob("*") if p.is_dir() and p.relative_to(CONF_DIR).parts[0] != "hydra")
-    lines = [
-        f"{g.relative_to(CONF_DIR).as_posix()}: {', '.join(sorted(p.stem for p in g.glob('*.yaml')))}"
-        for g in groups
-        if any(g.glob("*.yaml"))
-    ]
-    template = OmegaConf.load(CONF_DIR / "hydra" / "default.yaml").help.template
-    return template.replace("$APP_CONFIG_GROUPS", "\n".join(lines))
-
-
 def main() -> None:
     if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
         print(help_text())
         return
-    _register()
+    register()
     try:
         check_choices(sys.argv[1:])
     except ConfigError as e:
@@ -311,51 +210,3 @@ def main() -> None:
     _hydra_main()
 
 
-def compose(overrides: list[str], run_dir: str | Path, job_name: str = "train") -> DictConfig:
-    """In-process, the config that `python train.py <overrides>` would run in `run_dir`, with
-    Hydra's runtime set up so `train(cfg)` works (tests, benchmarks, notebooks)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from omegaconf import open_dict
-
-    _register()
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=[f"hydra.run.dir={run_dir}", *overrides], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.job.name = job_name
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]  # a real run's config has no hydra node; ${hydra:...} still resolves
-    return cfg
-
-
-def load_run(run_dir: str | Path, ckpt: str = "best", setup_data: bool = True):
-    """Rebuild a finished run from its folder: (config, datamodule, task with `ckpt` weights loaded).
-
-    For commands that work on a trained model (`recommend`, `predict`). `ckpt` is "best", "last"
-    or a path. The data module is set up again from the same config (same seed, same split).
-    """
-    import torch
-
-    run_dir = Path(run_dir)
-    config_file = run_dir / "config.yaml"
-    if not config_file.is_file():
-        raise FastlightError(f"{run_dir} is not a fastlight run folder (no config.yaml)")
-    cfg = OmegaConf.load(config_file)
-    path = Path(ckpt) if ckpt not in ("best", "last") else run_dir / "checkpoints" / f"{ckpt}.ckpt"
-    if not path.is_file():
-        raise FastlightError(f"no checkpoint at {path}; did the run finish an epoch?")
-    datamodule = hydra.utils.instantiate(cfg.data)
-    if setup_data:
-        datamodule.prepare_data()
-        datamodule.setup("fit")
-    model = hydra.utils.instantiate(cfg.model, **datamodule.dims)
-    task = hydra.utils.instantiate(cfg.task, model=model, optim=cfg.optim, schedule=cfg.schedule)
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    task.on_load_checkpoint(state)  # lets a task restore what it saved beside the weights
-    task.load_state_dict(state["state_dict"])
-    task.eval()
-    return cfg, datamodule, task

@@ -103,14 +103,14 @@ class EpochTimer(L.Callback):
 
 
 def run_fastlight(data_root: Path, bs: int, logger: str, extra: list[str]) -> tuple[list[float], float]:
-    from fastlight import run
+    from fastlight import config, run
 
     run_dir = Path(tempfile.mkdtemp(prefix="bench_collab_"))
     overrides = [
         "task=collab", "data=ml100k", f"data.root={data_root}", f"data.batch_size={bs}", f"logger={logger}",
         "+callbacks.epoch_timer._target_=__main__.EpochTimer", *extra,
     ]
-    cfg = run.compose(overrides, run_dir, job_name="bench")
+    cfg = config.compose(overrides, run_dir, job_name="bench")
     EpochTimer.times = []
     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # keep the table readable
         run.train(cfg)

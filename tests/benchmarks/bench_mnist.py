@@ -46,7 +46,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from fastlight.run import compose  # noqa: E402
+from fastlight.config import compose  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 

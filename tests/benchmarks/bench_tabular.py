@@ -111,7 +111,7 @@ class EpochTimer(L.Callback):
 
 
 def run_fastlight(root: Path, seed: int, logger: str, extra: list[str]) -> tuple[list, float, float]:
-    from fastlight import run
+    from fastlight import config, run
 
     run_dir = Path(tempfile.mkdtemp(prefix="bench_tabular_"))
     overrides = [
@@ -119,7 +119,7 @@ def run_fastlight(root: Path, seed: int, logger: str, extra: list[str]) -> tuple
         f"logger={logger}", "+trainer.enable_progress_bar=false", "callbacks.progress_bar=null",
         "+callbacks.epoch_timer._target_=__main__.EpochTimer", *extra,
     ]
-    cfg = run.compose(overrides, run_dir, job_name="bench")
+    cfg = config.compose(overrides, run_dir, job_name="bench")
     EpochTimer.times = []
     run.train(cfg)
     import json

@@ -88,7 +88,7 @@ class TrainTimer(L.Callback):
 
 
 def run_fastlight(path: Path, epochs: int, workers: int, extra: list[str]) -> list[tuple[int, float, float]]:
-    from fastlight import run
+    from fastlight import config, run
 
     run_dir = Path(tempfile.mkdtemp(prefix="bench_vision_"))
     overrides = [
@@ -98,7 +98,7 @@ def run_fastlight(path: Path, epochs: int, workers: int, extra: list[str]) -> li
         f"seed={SEED}", "+callbacks.train_timer._target_=__main__.TrainTimer",
         "callbacks.progress_bar=null", "+trainer.enable_progress_bar=false", *extra,  # fastai runs with no_bar too
     ]
-    cfg = run.compose(overrides, run_dir, job_name="bench")
+    cfg = config.compose(overrides, run_dir, job_name="bench")
     TrainTimer.epochs = []
     run.train(cfg)
     return list(TrainTimer.epochs)

@@ -15,7 +15,7 @@ from fastlight.errors import ConfigError, DataError
 from fastlight.models import collab_interpret as interpret
 from fastlight.models.collab import EmbeddingDotBias, EmbeddingNN, check_y_range
 from fastlight.models.embeddings import Embedding, emb_sz_rule
-from fastlight.run import load_run
+from fastlight.runs import load_run
 from fastlight.tasks import collab
 
 SMALL = ("task=collab", "data=synthetic", "data.n_users=60", "data.n_items=40", "trainer.max_epochs=2",

@@ -13,7 +13,7 @@ import torch
 from fastlight.data.tabular import AdultData
 from fastlight.models.embeddings import emb_sz_rule
 from fastlight.models.tabular import TabularModel
-from fastlight.run import load_run
+from fastlight.runs import load_run
 from fastlight.tasks.tabular import load_task, main
 
 FAST = ("task=tabular", "callbacks.progress_bar=null")

@@ -20,6 +20,16 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return Path(root or os.environ.get("FASTLIGHT_DATA") or "data").expanduser()
 
 
+def cache_root(*parts: str) -> Path:
+    """`$FASTLIGHT_CACHE/<parts>` (default `~/.cache/fastlight/...`), created: everything derived
+    from data (crappified images, tokenized corpora, a helper classifier's weights) lives here,
+    keyed by its inputs and settings, never in the data root, which may be read-only."""
+    path = Path(os.environ.get("FASTLIGHT_CACHE") or Path.home() / ".cache" / "fastlight").expanduser()
+    path = path.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 class Chunk(list):
     """Several batches that one `training_step` runs as several optimizer steps."""
 

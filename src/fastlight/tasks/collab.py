@@ -160,7 +160,7 @@ def digest(tables: dict, dm, out: Path, run_dir: Path) -> str:
 # --- command line: recommendations from a finished run ------------------------------------------
 def load_for_recommend(run_dir: str, ckpt: str = "best"):
     """(model in eval mode, datamodule) of a finished collab run; DataError if the data changed."""
-    from fastlight.run import load_run
+    from fastlight.runs import load_run
 
     changed = DataError(
         f"the ratings no longer match the ones {run_dir} was trained on (different users or items); "
