@@ -27,11 +27,12 @@ class BlowUpAt(L.Callback):
 
 
 class InterruptAt(L.Callback):
-    """Raise KeyboardInterrupt (what Ctrl-C does) at training step `step`."""
+    """Raise KeyboardInterrupt (what Ctrl-C does) before optimizer step `step` (a per-step hook:
+    it fires on the fast path's steps inside a chunk too)."""
 
     def __init__(self, step: int):
         self.step = step
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         if trainer.global_step >= self.step:
             raise KeyboardInterrupt

@@ -31,8 +31,8 @@ def test_completed_run_leaves_a_full_record(train_run):
     config = (run_dir / "config.yaml").read_text()
     assert "${" not in config and "val/acc" in config
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
-    epochs = {r["epoch"] for r in rows if r.get("val/acc")}
-    assert epochs == {"0", "1"}
+    epochs = {int(float(r["epoch"])) for r in rows if r.get("val/acc")}
+    assert epochs == {0, 1}
     assert any(r.get("train/loss") for r in rows)
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()

@@ -3,26 +3,79 @@
 Reads what each run left in its folder (`summary.json`, `config.yaml`, `metrics.csv`; no W&B,
 no server), prints a table ranked by the task's optimized metric and writes a self-contained
 HTML report (`fastlight.tracking.report`). A sweep that is still running is compared on what
-its jobs have logged so far; failed runs are listed as failed, with their error.
+its jobs have logged so far; failed runs are listed as failed, with their error; a run whose
+process died without a word (SIGKILL, a lost machine) is shown as killed, with the time it last
+reported.
 
 - Swept parameters: the command-line overrides (`summary.json` keeps them) whose values differ
   between runs: exactly what a grid, an Optuna search or a hand-made set of runs varied.
 - Replicates: runs that differ only in `seed` are one configuration, shown as mean ± std.
+
+This module reads and ranks; `fastlight.tracking.report` only draws what it is given, and
+imports nothing from here (the dependency goes one way).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import statistics
+import os
+import socket
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
+import pandas as pd
 
 LOWER_IS_BETTER = {"min": True, "max": False}
-STATUS_ORDER = {"completed": 0, "running": 1, "interrupted": 2, "failed": 3}
+STATUS_ORDER = {"completed": 0, "running": 1, "interrupted": 2, "killed": 2, "failed": 3}
+# A run on another host that has not refreshed its heartbeat (summary.json's `updated_at`, written
+# at least every epoch) for this long is taken for dead; on this host its pid answers for it.
+STALE_AFTER_S = 3600.0
+SMOOTH_BETA = 0.98  # fastai's Recorder / AvgSmoothLoss
+
+
+def smooth_loss(steps: list[int], values: list[float], beta: float = SMOOTH_BETA) -> list[float]:
+    """fastai's smoothed training loss (exponentially weighted, debiased: AvgSmoothLoss) per step.
+
+    fastai updates the average at every batch. metrics.csv may log every k-th step only, so each
+    logged value stands for the k steps since the previous one: it enters with weight 1 - beta**k
+    and the debiasing divides by 1 - beta**(steps so far); steps count from 0, as Lightning's.
+    With a value at every step this is exactly fastai's recurrence.
+    """
+    out: list[float] = []
+    avg, weight, prev = 0.0, 0.0, -1
+    for step, value in zip(steps, values):
+        k = max(step - prev, 1)
+        decay = beta**k
+        avg = decay * avg + (1 - decay) * value
+        weight = decay * weight + (1 - decay)  # = 1 - beta**(steps so far)
+        out.append(avg / weight)
+        prev = step
+    return out
+
+
+def _timestamp(value) -> float | None:
+    """summary.json times: epoch seconds, or ISO text (local time when it carries no zone)."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, ValueError, TypeError):
+        return True  # exists but not ours, or unknowable: do not call it dead
+    return True
 
 
 @dataclass
@@ -32,20 +85,38 @@ class Run:
     summary: dict
     overrides: dict[str, str]
     curves: dict[str, list[tuple[int, float]]]  # val/* metric -> [(epoch, value)] from metrics.csv
+    train_loss: list[tuple[int, float]]  # (step, train/loss) as logged
     config_text: str
 
     @property
     def status(self) -> str:
-        return self.summary.get("status", "running")
+        status = self.summary.get("status", "running")
+        if status == "running" and self._died():
+            return "killed"
+        return status
+
+    def _died(self) -> bool:
+        """As `fastlight.tracking.record.observed_status` reads it (that module imports lightning)."""
+        s = self.summary
+        if s.get("pid") and s.get("host") == socket.gethostname() and not _pid_alive(s["pid"]):
+            return True
+        last = self.last_report
+        return last is not None and time.time() - last > STALE_AFTER_S
+
+    @property
+    def last_report(self) -> float | None:
+        """When the run last wrote its summary (its heartbeat), if it says."""
+        s = self.summary
+        return _timestamp(s["updated_at_s"] if s.get("updated_at_s") is not None else s.get("updated_at"))
 
     @property
     def metric_name(self) -> str:
         return self.summary["optimized_metric"]["name"]
 
     def metric(self, name: str) -> float | None:
-        """A final metric from summary.json; for a running job, the best value logged so far."""
+        """A final metric from summary.json; for an unfinished run, the best value logged so far."""
         value = self.summary.get("metrics", {}).get(name)
-        if value is None and self.status == "running" and self.curves.get(name):
+        if value is None and self.status != "completed" and self.curves.get(name):
             values = [v for _, v in self.curves[name]]
             lower = LOWER_IS_BETTER[self.summary["optimized_metric"]["mode"]]
             value = min(values) if lower else max(values)
@@ -53,10 +124,16 @@ class Run:
 
     @property
     def wall_time(self) -> float:
-        if self.status != "running":
-            return float(self.summary.get("wall_time_s") or 0.0)
-        started = time.mktime(time.strptime(self.summary["started_at"], "%Y-%m-%dT%H:%M:%S"))
-        return max(time.time() - started, 0.0)
+        started = _timestamp(self.summary.get("started_at"))
+        if self.status == "running" and started is not None:
+            return max(time.time() - started, 0.0)
+        if self.status == "killed" and started is not None and self.last_report is not None:
+            return max(self.last_report - started, 0.0)
+        return float(self.summary.get("wall_time_s") or 0.0)
+
+    def smoothed_loss(self) -> tuple[list[int], list[float]]:
+        steps = [s for s, _ in self.train_loss]
+        return steps, smooth_loss(steps, [v for _, v in self.train_loss])
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -81,24 +158,35 @@ def load_run(path: Path, name: str) -> Run:
         key, _, value = item.partition("=")
         overrides[key.lstrip("+~")] = value
     config = path / "config.yaml"
-    return Run(path, name, summary, overrides, read_curves(path / "metrics.csv"),
+    curves, loss = read_metrics(path / "metrics.csv")
+    return Run(path, name, summary, overrides, curves, loss,
                config.read_text(encoding="utf-8") if config.is_file() else "")
 
 
-def read_curves(path: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every val/* metric per epoch, from Lightning's CSVLogger file (a partial last line is skipped)."""
-    curves: dict[str, list[tuple[int, float]]] = {}
+def read_metrics(path: Path) -> tuple[dict[str, list[tuple[int, float]]], list[tuple[int, float]]]:
+    """Every val/* metric per epoch and the training loss per step, from Lightning's CSVLogger file.
+
+    A running job's file may end in a half-written line: what does not parse is skipped.
+    """
     if not path.is_file():
-        return curves
-    with path.open(newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            for key, value in row.items():
-                if key and key.startswith("val/") and value:
-                    try:
-                        curves.setdefault(key, []).append((int(float(row["epoch"])), float(value)))
-                    except (TypeError, ValueError):
-                        pass
-    return curves
+        return {}, []
+    try:
+        df = pd.read_csv(path, on_bad_lines="skip")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return {}, []
+    df = df.apply(pd.to_numeric, errors="coerce")
+    curves = {}
+    if "epoch" in df:
+        for key in (c for c in df.columns if str(c).startswith("val/")):
+            rows = df[["epoch", key]].dropna()
+            if len(rows):
+                curves[key] = [(int(e), float(v)) for e, v in rows.itertuples(index=False)]
+    loss_col = next((c for c in ("train/loss_step", "train/loss") if c in df), None)
+    loss = []
+    if loss_col is not None and "step" in df:
+        rows = df[["step", loss_col]].dropna()
+        loss = [(int(s), float(v)) for s, v in rows.itertuples(index=False)]
+    return curves, loss
 
 
 def load_runs(paths: list[Path]) -> list[Run]:
@@ -133,111 +221,6 @@ def key_metrics(runs: list[Run], optimized: str, limit: int = 4) -> list[str]:
     return [optimized] + ([twin] if twin in names else []) + rest[: limit - (twin in names)]
 
 
-def rank(runs: list[Run], metric: str, mode: str) -> list[Run]:
-    """Completed runs by the metric, then running ones (partial values), then the rest."""
-    sign = 1 if LOWER_IS_BETTER[mode] else -1
-
-    def key(r: Run):
-        value = r.metric(metric)
-        return (STATUS_ORDER.get(r.status, 3), value is None, sign * value if value is not None else 0)
-
-    return sorted(runs, key=key)
-
-
-@dataclass
-class Config:
-    """One row of the ranked table: a configuration and its replicate runs (one unless seeds vary)."""
-
-    params: dict[str, str]
-    runs: list[Run]
-
-    def values(self, metric: str) -> list[float]:
-        return [v for r in self.runs if r.status in ("completed", "running") and (v := r.metric(metric)) is not None]
-
-    def mean(self, metric: str) -> float | None:
-        values = self.values(metric)
-        return statistics.fmean(values) if values else None
-
-    def cell(self, metric: str) -> str:
-        values = self.values(metric)
-        if not values:
-            return "-"
-        if len(values) == 1:
-            return f"{values[0]:.4g}"
-        return f"{statistics.fmean(values):.4g} ± {statistics.stdev(values):.2g}"
-
-    @property
-    def status(self) -> str:
-        counts: dict[str, int] = {}
-        for r in self.runs:
-            counts[r.status] = counts.get(r.status, 0) + 1
-        if len(self.runs) == 1:
-            return self.runs[0].status
-        return ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda x: STATUS_ORDER.get(x[0], 3)))
-
-
-def group_replicates(runs: list[Run], params: list[str], metric: str, mode: str) -> list[Config]:
-    """One Config per distinct set of params other than seed, ranked by the mean metric."""
-    shown = [p for p in params if p != "seed"]
-    groups: dict[tuple, Config] = {}
-    for r in runs:
-        values = tuple(r.overrides.get(p, "") for p in shown)
-        groups.setdefault(values, Config(dict(zip(shown, values)), [])).runs.append(r)
-    sign = 1 if LOWER_IS_BETTER[mode] else -1
-
-    def key(c: Config):
-        best = min(STATUS_ORDER.get(r.status, 3) for r in c.runs)
-        mean = c.mean(metric)
-        return (best, mean is None, sign * mean if mean is not None else 0)
-
-    return sorted(groups.values(), key=key)
-
-
-@dataclass
-class Comparison:
-    runs: list[Run]  # ranked
-    params: list[str]
-    metric: str
-    mode: str
-    metrics: list[str]
-    configs: list[Config]  # ranked; one per run unless seeds were replicated
-
-    @property
-    def replicated(self) -> bool:
-        return any(len(c.runs) > 1 for c in self.configs)
-
-    def table(self) -> tuple[list[str], list[list[str]]]:
-        """The ranked table: one row per configuration (replicates aggregated)."""
-        arrow = "↓" if LOWER_IS_BETTER[self.mode] else "↑"
-        shown = [p for p in self.params if p != "seed"] if self.replicated else self.params
-        header = ["rank", "runs" if self.replicated else "run", *shown]
-        header += [f"{m} {arrow}" if m == self.metric else m for m in self.metrics]
-        header += ["n"] * self.replicated + ["status", "wall"]
-        rows = []
-        for i, c in enumerate(self.configs, 1):
-            row = [str(i), ",".join(sorted((r.name for r in c.runs), key=lambda n: _natural_key(Path(n))))]
-            row += [short(c.params.get(p, "")) for p in shown]
-            row += [c.cell(m) for m in self.metrics]
-            row += [str(len(c.runs))] * self.replicated
-            wall = statistics.fmean(r.wall_time for r in c.runs)
-            row += [c.status, f"{wall:.1f}s"]
-            rows.append(row)
-        return header, rows
-
-
-def compare(runs: list[Run]) -> Comparison:
-    names = [r.metric_name for r in runs]
-    metric = max(set(names), key=names.count)  # runs of another task are shown, ranked last
-    mode = next(r.summary["optimized_metric"]["mode"] for r in runs if r.metric_name == metric)
-    params = swept_params(runs)
-    ranked = rank(runs, metric, mode)
-    if "seed" in params:
-        configs = group_replicates(ranked, params, metric, mode)
-    else:
-        configs = [Config({p: r.overrides.get(p, "") for p in params}, [r]) for r in ranked]
-    return Comparison(ranked, params, metric, mode, key_metrics(runs, metric), configs)
-
-
 def short(value: str) -> str:
     """A swept value as typed, but an Optuna float like 0.0036498788 as 0.00365."""
     try:
@@ -247,34 +230,103 @@ def short(value: str) -> str:
     return value if len(value) <= 8 else f"{number:.4g}"
 
 
-def format_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
-    return "\n".join(line.rstrip() for line in lines)
+@dataclass
+class Comparison:
+    runs: list[Run]  # ranked
+    params: list[str]
+    metric: str
+    mode: str
+    metrics: list[str]
+    frame: pd.DataFrame  # one row per run: params, metrics, status, order, wall
+    groups: list[list[Run]]  # ranked configurations, each its replicate runs (one unless seeds vary)
+
+    @property
+    def replicated(self) -> bool:
+        return any(len(g) > 1 for g in self.groups)
+
+    def table(self) -> pd.DataFrame:
+        """The ranked table as text cells: one row per configuration (replicates aggregated)."""
+        arrow = "↓" if LOWER_IS_BETTER[self.mode] else "↑"
+        shown = [p for p in self.params if p != "seed"] if self.replicated else self.params
+        rows = []
+        for i, group in enumerate(self.groups, 1):
+            every = self.frame.loc[[r.name for r in group]]
+            runs = _trusted(every)
+            row = {"rank": str(i), "runs" if self.replicated else "run": ",".join(r.name for r in group)}
+            row.update({p: short(group[0].overrides.get(p, "")) for p in shown})
+            for m in self.metrics:
+                row[f"{m} {arrow}" if m == self.metric else m] = _cell(runs[m].dropna())
+            if self.replicated:
+                row["n"] = str(len(group))
+            counts = every["status"].value_counts()
+            row["status"] = group[0].status if len(group) == 1 else ", ".join(
+                f"{n} {s}" for s, n in sorted(counts.items(), key=lambda x: STATUS_ORDER.get(x[0], 4)))
+            row["wall"] = f"{every['wall'].mean():.1f}s"
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+
+def _trusted(rows: pd.DataFrame) -> pd.DataFrame:
+    """The replicates a configuration's numbers come from: its completed runs if it has any
+    (a failed or killed replicate would skew the mean), else whatever its runs reached."""
+    done = rows[rows["status"] == "completed"]
+    return done if len(done) else rows
+
+
+def _cell(values: pd.Series) -> str:
+    if values.empty:
+        return "-"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.4g}"
+    return f"{values.mean():.4g} ± {values.std():.2g}"
+
+
+def compare(runs: list[Run]) -> Comparison:
+    names = [r.metric_name for r in runs]
+    metric = max(set(names), key=names.count)  # runs of another task are shown, ranked last
+    mode = next(r.summary["optimized_metric"]["mode"] for r in runs if r.metric_name == metric)
+    params = swept_params(runs)
+    metrics = key_metrics(runs, metric)
+    sign = 1.0 if LOWER_IS_BETTER[mode] else -1.0
+    frame = pd.DataFrame(
+        [{"run": r.name, "status": r.status, "order": STATUS_ORDER.get(r.status, 4), "wall": r.wall_time,
+          **{p: r.overrides.get(p, "") for p in params}, **{m: r.metric(m) for m in metrics}} for r in runs]
+    ).set_index("run", drop=False)
+    frame[metrics] = frame[metrics].astype(float)
+    # Completed runs by the metric, then running ones (partial values), then the rest.
+    frame["key"] = sign * frame[metric]
+    frame = frame.sort_values(["order", "key"], na_position="last", kind="stable")
+    by_name = {r.name: r for r in runs}
+    ranked = [by_name[n] for n in frame.index]
+    shown = [p for p in params if p != "seed"]
+    if "seed" in params:  # replicates: one configuration per set of the other params, by mean
+        grouped = frame.groupby(shown, sort=False) if shown else frame.groupby(lambda _: 0)
+        agg = grouped.apply(lambda g: pd.Series({"order": g["order"].min(), "key": _trusted(g)["key"].mean(),
+                                                 "runs": list(g["run"])}), include_groups=False)
+        agg = agg.sort_values(["order", "key"], na_position="last", kind="stable")
+        groups = [sorted((by_name[n] for n in names), key=lambda r: _natural_key(Path(r.name))) for names in agg.runs]
+    else:
+        groups = [[r] for r in ranked]
+    return Comparison(ranked, params, metric, mode, metrics, frame, groups)
 
 
 def summary_text(comp: Comparison, limit: int | None = None) -> str:
-    header, rows = comp.table()
-    text = format_table(header, rows[:limit] if limit else rows)
-    if limit and len(rows) > limit:
-        text += f"\n... {len(rows) - limit} more (python -m fastlight.compare for all)"
+    table = comp.table()
+    text = table.head(limit).to_string(index=False) if limit else table.to_string(index=False)
+    if limit and len(table) > limit:
+        text += f"\n... {len(table) - limit} more (python -m fastlight.compare for all)"
     errors = [f"  {r.name}: {' '.join(str(r.summary.get('error')).split())[:300]}"
               for r in comp.runs if r.status in ("failed", "interrupted")]
     if errors:
         text += "\nfailed runs:\n" + "\n".join(errors)
+    killed = [f"  {r.name}: last reported {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r.last_report))}"
+              if r.last_report else f"  {r.name}" for r in comp.runs if r.status == "killed"]
+    if killed:
+        text += "\nkilled runs (no final status):\n" + "\n".join(killed)
     return text
 
 
-def write_report(comp: Comparison, path: Path, title: str) -> Path:
-    from fastlight.tracking.report import render
-
-    path.write_text(render(comp, title), encoding="utf-8")
-    return path
-
-
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastlight.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, help="a sweep folder, or run folders")
     parser.add_argument("--html", type=Path, help="report path (default: <folder>/report.html, or ./compare.html)")
@@ -286,10 +338,13 @@ def main(argv: list[str] | None = None) -> None:
     comp = compare(load_runs(args.paths))
     print(summary_text(comp))
     if not args.no_html:
+        from fastlight.tracking.report import write_report
+
         default = args.paths[0] / "report.html" if len(args.paths) == 1 else Path("compare.html")
         title = " ".join(str(p) for p in args.paths)
         print(f"report: {write_report(comp, args.html or default, title).resolve()}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-import warnings
 from pathlib import Path
 
 import hydra
@@ -41,14 +40,16 @@ def train(cfg: DictConfig) -> float:
     # optimizer step then probes NVML (~0.3 ms a step). Nothing here needs that probe.
     os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
     import torch
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from fastlight.tracking import wandb as fl_wandb
-    from fastlight.tracking.record import BestValidation, RunRecord
+    from fastlight.tracking.console import quiet_console
+    from fastlight.tracking.record import BestValidation, Heartbeat, RunRecord, resume_command
+    from fastlight.training import fast_path
+    from fastlight.training.checkpoints import CheckpointTag, check_checkpoint, check_checkpoint_fits
 
     torch.set_flush_denormal(True)  # recurrent models crawl on denormal floats on CPU
-    # The run folder already holds config.yaml and summary.json when the CSV logger starts.
-    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
-    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")  # lightning vs torch 2.14
+    quiet_console()
     # DDP ranks > 0 run this function again in rank 0's folder: only rank 0 writes the record there.
     primary = L.pytorch.utilities.rank_zero_only.rank == 0
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -59,19 +60,25 @@ def train(cfg: DictConfig) -> float:
         # One W&B group per sweep: the named sweep (else the task), then the sweep folder's date and time.
         sweep_dir = Path(hc.sweep.dir)
         group = f"{hc.runtime.choices.get('sweep') or task_name}-{sweep_dir.parent.name}-{sweep_dir.name}"
+    overrides = list(hc.overrides.task)
     record = RunRecord(
         run_dir if primary else None,
         task=task_name,
         seed=cfg.seed,
         optimized_metric=cfg.optimized_metric,
-        extra={"overrides": list(hc.overrides.task), "group": group},
+        extra={"overrides": overrides, "group": group},
     )
+    best = BestValidation(cfg.optimized_metric.name, cfg.optimized_metric.mode)
+    ckpt_dir = run_dir / "checkpoints"
+    heartbeat = Heartbeat(record, best, ckpt_dir, overrides)
 
     status, error, exit_code = "failed", None, 1
     metrics: dict[str, float] = {}
     extra: dict = {}
     try:
         validate(cfg)
+        if cfg.ckpt_path is not None:  # a wrong file stops the run before any data is read
+            resumed = check_checkpoint(cfg.ckpt_path, cfg.task._target_)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
@@ -80,6 +87,8 @@ def train(cfg: DictConfig) -> float:
         datamodule.setup("fit")
         model = hydra.utils.instantiate(cfg.model, **datamodule.dims)
         task = hydra.utils.instantiate(cfg.task, model=model, optim=cfg.optim, schedule=cfg.schedule)
+        if cfg.ckpt_path is not None:
+            check_checkpoint_fits(cfg.ckpt_path, resumed, task)
 
         loggers = []
         if cfg.logger.get("csv"):
@@ -91,15 +100,19 @@ def train(cfg: DictConfig) -> float:
             loggers.append(
                 fl_wandb.make_wandb_logger(cfg.logger.wandb, run_dir, resolved, group, job_type, cfg.tags)
             )
-        best = BestValidation(cfg.optimized_metric.name, cfg.optimized_metric.mode)
-        callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values() if c is not None] + [best]
+        trainer_kwargs = fast_path.plan(
+            OmegaConf.to_container(cfg.trainer, resolve=True), datamodule, task, lr_find=cfg.mode == "lr_find"
+        )
+        callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values() if c is not None]
+        callbacks += [fast_path.ValidateAtMaxSteps(), best, heartbeat, CheckpointTag(task_name, cfg.task._target_)]
+        callbacks = fast_path.drop_lr_monitor(callbacks, task)
         if not loggers:  # nothing to write learning rates to (logger=none)
             from lightning.pytorch.callbacks import LearningRateMonitor
 
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-        trainer = hydra.utils.instantiate(
-            cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir)
-        )
+        trainer_kwargs.pop("_target_", None)
+        trainer = L.Trainer(**trainer_kwargs, callbacks=callbacks, logger=loggers or False,
+                            default_root_dir=str(run_dir))
 
         if cfg.mode == "lr_find":
             extra["lr_find"] = _lr_find(cfg, trainer, task, datamodule, run_dir, loggers)
@@ -113,22 +126,32 @@ def train(cfg: DictConfig) -> float:
             if _has_test(datamodule):
                 # The final weights, as fastai reports them; best.ckpt is kept for the user.
                 for test_metrics in trainer.test(task, datamodule=datamodule, verbose=False):
-                    metrics.update(test_metrics)
+                    metrics.update({k: v for k, v in test_metrics.items() if "/" in k})  # not the step axis
             task_summary = getattr(task, "summarize", None)
             if task_summary is not None:
                 extra.update(task_summary(run_dir) or {})
         status, exit_code = "completed", 0
+    except SIGTERMException:  # Lightning stops at the next step boundary; Heartbeat saved last.ckpt
+        saved = heartbeat.sigterm_checkpoint
+        status, exit_code = "interrupted", 143
+        error = "stopped by SIGTERM" + (f"; checkpoint saved: {saved}" if saved else "")
     except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into SystemExit after its own cleanup
-        status, error, exit_code = "interrupted", "interrupted by the user", 130
+        status, error, exit_code = "interrupted", "interrupted by the user (SIGINT)", 130
     except Exception as e:
         user_error = _user_error(e)
         if user_error is not None:
-            error, exit_code = str(user_error), user_error.exit_code
+            error, exit_code = user_error, getattr(_fastlight_error(e), "exit_code", 2)
         else:  # unexpected: keep the traceback in the run folder, say one line
             (run_dir / "error.log").write_text(traceback.format_exc())
-            error = f"{type(e).__name__}: {e} (traceback in {run_dir / 'error.log'})"
+            error = f"{type(e).__name__}: {_first_line(e)} (traceback in {run_dir / 'error.log'})"
     finally:
         sync_dir = fl_wandb.finish(exit_code)
+        # Whatever the ending, keep the best validation metrics the run reached.
+        metrics = {**best.metrics, **metrics}
+        extra.setdefault("best_epoch", best.epoch)
+        last = ckpt_dir / "last.ckpt"
+        if status != "completed" and last.is_file():
+            extra["resume"] = resume_command(overrides, last)
         record.finish(status, metrics, error, **extra)
 
     if primary:
@@ -148,20 +171,40 @@ def _has_test(datamodule) -> bool:
     return defined and getattr(datamodule, "has_test", True)  # e.g. an image folder without test/
 
 
-def _user_error(e: BaseException | None) -> FastlightError | None:
+def _fastlight_error(e: BaseException | None) -> FastlightError | None:
     """The FastlightError behind `e`, if any: hydra's instantiate wraps what a constructor raises."""
     while e is not None and not isinstance(e, FastlightError):
         e = e.__cause__
     return e
 
 
+def _user_error(e: BaseException) -> str | None:
+    """The one sentence for a user's mistake behind `e`, or None for a bug.
+
+    A DataLoader worker re-raises its error in the main process with the worker's whole traceback
+    as the message; the sentence is the traceback's last line, as with `num_workers=0`.
+    """
+    found = _fastlight_error(e)
+    if found is None:
+        return None
+    msg = str(found)
+    if "DataLoader worker process" in msg and "Traceback" in msg:
+        last = [line for line in msg.strip().splitlines() if line.strip()][-1]
+        name = type(found).__name__
+        msg = last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
+    return msg
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def _lr_find(cfg, trainer, task, datamodule, run_dir: Path, loggers) -> dict:
     """Lightning's lr finder; saves the loss-vs-lr plot in the run folder and logs it to W&B."""
     from lightning.pytorch.tuner import Tuner
 
-    # The finder assumes one optimizer step per training_step, stepped by Lightning itself.
-    datamodule.steps_per_call = 1
-    task.automatic_optimization = True
+    # fast_path.plan gave the finder one optimizer step per training_step, stepped by Lightning.
     finder = Tuner(trainer).lr_find(task, datamodule=datamodule, update_attr=False, **cfg.lr_find)
     if finder is None:
         raise FastlightError("the learning-rate finder stopped before recording any loss")

@@ -16,41 +16,27 @@ fastai is optional (`pip install -e ".[bench]"`); without it its row is skipped.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from common import (Column, Epoch, EpochTimer, data_root, fastai_timer, import_fastai, interleaved, median, peers_table,
+                    prepare_process, run_fastlight, timer_overrides)
 
-from fastlight.data.collab import COLUMNS, random_split
+from fastlight.data.collab import COLUMNS
+from fastlight.data.split import random_split_indices
 from fastlight.models.collab import EmbeddingDotBias
 
-try:
-    import fastai.collab as fastai_collab
-    from fastai.callback.core import Callback as FastaiCallback
-except ImportError:
-    fastai_collab = None
-    FastaiCallback = object
-
-# `import lightning` turned this on; run.py turns it off. Every peer runs with the same setting.
-os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
-torch.set_flush_denormal(True)  # as run.py does
-
+prepare_process()
 EPOCHS, N_FACTORS, LR, WD, VALID_PCT, SEED = 5, 50, 5e-3, 0.1, 0.2, 42
-REPO = Path(__file__).resolve().parents[2]
 
 
 # --- plain PyTorch: the loop one would write by hand, with the same data in memory --------------
-def run_plain(ratings: pd.DataFrame, bs: int) -> tuple[list[float], float]:
-    train_rows, valid_rows = random_split(len(ratings), VALID_PCT, SEED)
+def run_plain(ratings: pd.DataFrame, bs: int) -> tuple[list[Epoch], float]:
+    train_rows, valid_rows = random_split_indices(len(ratings), VALID_PCT, SEED)
     users_ix = pd.Index(np.sort(ratings.user.iloc[train_rows].unique()))
     items_ix = pd.Index(np.sort(ratings.item.iloc[train_rows].unique()))
     u = torch.from_numpy(users_ix.get_indexer(ratings.user) + 1)
@@ -83,70 +69,39 @@ def run_plain(ratings: pd.DataFrame, bs: int) -> tuple[list[float], float]:
             sse = sum(float(((model(vu[s], vi[s]) - vr[s]) ** 2).sum())
                       for s in (slice(k, k + 4096) for k in range(0, len(vr), 4096)))
         mse = sse / len(vr)
-        times.append((time.perf_counter() - start, time.process_time() - cpu))
+        times.append(Epoch(time.perf_counter() - start, time.process_time() - cpu, len(tr)))
     return times, mse
 
 
 # --- fastlight: the real `python train.py task=collab` path, in this process --------------------
-class EpochTimer(L.Callback):
-    """Wall time of each training epoch (its validation and checkpoint included) and the last val/mse."""
-
-    times: list[float] = []
-    last_mse = float("nan")
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        self._start = (time.perf_counter(), time.process_time())
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        EpochTimer.times.append((time.perf_counter() - self._start[0], time.process_time() - self._start[1]))
-        EpochTimer.last_mse = float(trainer.callback_metrics["val/mse"])
-
-
-def run_fastlight(data_root: Path, bs: int, logger: str, extra: list[str]) -> tuple[list[float], float]:
-    from fastlight import config, run
-
-    run_dir = Path(tempfile.mkdtemp(prefix="bench_collab_"))
-    overrides = [
-        "task=collab", "data=ml100k", f"data.root={data_root}", f"data.batch_size={bs}", f"logger={logger}",
-        "+callbacks.epoch_timer._target_=__main__.EpochTimer", *extra,
-    ]
-    cfg = config.compose(overrides, run_dir, job_name="bench")
-    EpochTimer.times = []
-    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # keep the table readable
-        run.train(cfg)
-    return list(EpochTimer.times), EpochTimer.last_mse
+def run_fastlight_collab(root, bs: int, logger: str, extra: list[str]) -> tuple[list[Epoch], float]:
+    overrides = ["task=collab", "data=ml100k", f"data.root={root}", f"data.batch_size={bs}", f"logger={logger}",
+                 *timer_overrides("epoch"), *extra]
+    run_fastlight(overrides, prefix="bench_collab_", quiet=True)  # quiet: keep the table readable
+    times = list(EpochTimer.epochs)
+    return times, times[-1].metrics["val/mse"]
 
 
 # --- fastai: the lesson's code ------------------------------------------------------------------
-class FastaiEpochTimer(FastaiCallback):
-    def before_epoch(self):
-        self._start = (time.perf_counter(), time.process_time())
-
-    def after_epoch(self):
-        self.times.append((time.perf_counter() - self._start[0], time.process_time() - self._start[1]))
-
-
-def run_fastai(ratings: pd.DataFrame, bs: int) -> tuple[list[float], float]:
+def run_fastai(ratings: pd.DataFrame, bs: int) -> tuple[list[Epoch], float]:
+    from fastai.collab import CollabDataLoaders, collab_learner
     from fastai.torch_core import set_seed
 
     set_seed(SEED)
-    dls = fastai_collab.CollabDataLoaders.from_df(ratings[["user", "item", "rating"]], valid_pct=VALID_PCT,
-                                                  seed=SEED, bs=bs)
-    _, valid_rows = random_split(len(ratings), VALID_PCT, SEED)
+    dls = CollabDataLoaders.from_df(ratings[["user", "item", "rating"]], valid_pct=VALID_PCT, seed=SEED, bs=bs)
+    _, valid_rows = random_split_indices(len(ratings), VALID_PCT, SEED)
     assert sorted(dls.valid.items.index) == sorted(valid_rows.tolist()), "fastai's split differs from ours"
-    learn = fastai_collab.collab_learner(dls, n_factors=N_FACTORS, y_range=(0, 5.5))
-    timer = FastaiEpochTimer()
-    timer.times = []
+    learn = collab_learner(dls, n_factors=N_FACTORS, y_range=(0, 5.5))
+    timer = fastai_timer("epoch")
     with learn.no_bar(), learn.no_logging():  # the quietest fastai: no progress bar, no printing
         learn.fit_one_cycle(EPOCHS, LR, wd=WD, cbs=[timer])
         mse = float(learn.validate()[0])
-    return timer.times, mse
+    return timer.epochs, mse
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    default_root = os.environ.get("FASTLIGHT_DATA") or str(REPO.parent / "shared" / "data")
-    parser.add_argument("--data", default=default_root, help="the data root holding ml-100k/")
+    parser.add_argument("--data", default=None, help="the data root holding ml-100k/ (default: $FASTLIGHT_DATA, ../shared/data)")
     parser.add_argument("--bs", type=int, nargs="+", default=[64, 1024])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--logger", default="csv", help="fastlight's logger: csv | wandb | none")
@@ -157,45 +112,28 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra fastlight overrides, e.g. --set data.steps_per_call=16")
     args = parser.parse_args()
-    os.environ.setdefault("WANDB_MODE", "offline")
-    os.environ.setdefault("WANDB_SILENT", "true")
-    root = Path(args.data)
+    root = data_root(args.data)
     ratings = pd.read_csv(root / "ml-100k" / "u.data", sep="\t", header=None, names=COLUMNS)
-    peers = [p for p in args.peers if p != "fastai" or fastai_collab is not None]
-    if "fastai" in args.peers and fastai_collab is None:
-        print("fastai is not installed: its row is skipped (pip install -e '.[bench]')")
-    runners = {
-        "plain": lambda bs: run_plain(ratings, bs),
-        "fastlight": lambda bs: run_fastlight(root, bs, args.logger, args.set),
-        "fastai": lambda bs: run_fastai(ratings, bs),
-    }
-    threads = args.threads
+    with_fastai = import_fastai("fastai.collab", "fastai" in args.peers) is not None
+    peers = [p for p in args.peers if p != "fastai" or with_fastai]
     for bs in args.bs:
-        times = {p: [] for p in peers}
-        mses = {p: [] for p in peers}
-        for rep in range(args.repeats):
-            for p in peers[rep % len(peers):] + peers[: rep % len(peers)]:  # rotate the order: fair to drifts
-                torch.set_num_threads(threads)
-                t, mse = runners[p](bs)
-                times[p] += t
-                mses[p].append(mse)
-                print(f"  bs {bs} repeat {rep} {p:9s}: {statistics.median(w for w, _ in t):.3f} s/epoch "
-                      f"({statistics.median(c for _, c in t):.3f} CPU s), valid MSE {mse:.4f}",
-                      file=sys.stderr, flush=True)
+        runners = {
+            "plain": lambda: run_plain(ratings, bs),
+            "fastlight": lambda: run_fastlight_collab(root, bs, args.logger, args.set),
+            "fastai": lambda: run_fastai(ratings, bs),
+        }
+        results = interleaved(
+            peers, args.repeats, lambda p, _: runners[p](), threads=args.threads,
+            describe=lambda r: (f"{median(e.wall for e in r[0]):.3f} s/epoch ({median(e.cpu for e in r[0]):.3f} CPU s), "
+                                f"valid MSE {r[1]:.4f}"))
+        epochs = {p: [e for times, _ in results[p] for e in times] for p in peers}  # every epoch of every repeat
         print(f"\nML-100K, 20% random valid (seed 42), {EPOCHS} epochs, n_factors {N_FACTORS}, wd {WD}, lr {LR}, "
-              f"batch size {bs}; {args.repeats} repeats, torch threads {threads}")
-        print(f"{'':10s} {'valid MSE':>10s} {'s/epoch':>8s} {'vs plain':>9s} {'vs fastai':>10s}"
-              f" {'CPU s/epoch':>12s} {'vs plain':>9s} {'vs fastai':>10s}")
-        wall = {p: statistics.median(w for w, _ in times[p]) for p in peers}
-        cpu = {p: statistics.median(c for _, c in times[p]) for p in peers}
-
-        def ratio(med, p, ref):
-            return f"{med[p] / med[ref]:.2f}x" if ref in med else "-"
-
-        for p in peers:
-            print(f"{p:10s} {statistics.median(mses[p]):10.4f} {wall[p]:8.3f} {ratio(wall, p, 'plain'):>9s} "
-                  f"{ratio(wall, p, 'fastai'):>10s} {cpu[p]:12.3f} {ratio(cpu, p, 'plain'):>9s} "
-                  f"{ratio(cpu, p, 'fastai'):>10s}")
+              f"batch size {bs}; {args.repeats} repeats, torch threads {args.threads}")
+        print(peers_table(peers, [
+            Column("valid MSE", {p: median(m for _, m in results[p]) for p in peers}, ".4f"),
+            Column("s/epoch", {p: median(e.wall for e in epochs[p]) for p in peers}, ".3f", ("plain", "fastai")),
+            Column("CPU s/epoch", {p: median(e.cpu for e in epochs[p]) for p in peers}, ".3f", ("plain", "fastai")),
+        ]))
         sys.stdout.flush()
 
 

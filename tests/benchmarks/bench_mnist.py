@@ -5,8 +5,8 @@
 All peers train the same model (torch's default init from the same seed), with Adam, the same
 one-cycle schedule, batch size and loss as the task's default config (conf/task/mnist.yaml), on
 the real MNIST files in the data root ($FASTLIGHT_DATA, else ../shared/data beside the checkout),
-in this one process, interleaved (fastlight, loop, fastai, fastlight, ...). Repeat i uses seed
-seeds[i] for every peer, so the accuracy column is a median over seeds too.
+in this one process, interleaved in a rotating order (tests/benchmarks/common.py). Repeat i uses
+seed seeds[i] for every peer, so the accuracy column is a median over seeds too.
 
 - fastlight: `fastlight.run.train` on the config `python train.py task=mnist model.hidden=[100]
   logger=csv` composes (the real run lifecycle: datamodule, task, Trainer.fit, Trainer.test; its
@@ -27,56 +27,26 @@ official 10,000 test digits.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import lightning as L
+import torch
+import torch.nn.functional as F
+from common import (Column, EpochTimer, data_root, fastai_timer, import_fastai, interleaved, median, peers_table,
+                    prepare_process, run_fastlight, timer_overrides)
+from torch import nn
 
-# lightning sets this at import; fastlight's run.py sets it back to 0 (see DESIGN.md), so the
-# plain loop in this process must not pay ~0.3 ms per step for an NVML probe either.
-os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
-os.environ.setdefault("WANDB_MODE", "offline")
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
+from fastlight.config import compose
 
-from fastlight.config import compose  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
+prepare_process()
 
 
-class EpochTimer(L.Callback):
-    """Seconds of each training epoch, from its start to the end of its last training batch."""
-
-    seconds: list[float] = []  # class-level: Hydra builds the instance inside fastlight.run.train
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        self._start = self._end = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self._end = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        EpochTimer.seconds.append(self._end - self._start)
-
-
-def data_root() -> Path:
-    return Path(os.environ.get("FASTLIGHT_DATA") or REPO.parent / "shared" / "data")
-
-
-def run_fastlight(overrides: list[str], seed: int, run_dir: Path) -> tuple[float, float]:
-    from fastlight.run import train
-
-    cfg = compose([*overrides, f"seed={seed}", f"+callbacks.epoch_timer._target_={__name__}.EpochTimer"], run_dir)
-    train(cfg)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    return summary["metrics"]["test/acc"], EpochTimer.seconds[-1]
+def run_fastlight_mnist(overrides: list[str], seed: int, run_dir: Path) -> tuple[float, float]:
+    summary, _ = run_fastlight([*overrides, f"seed={seed}", *timer_overrides("train")], run_dir=run_dir)
+    return summary["metrics"]["test/acc"], EpochTimer.epochs[-1].wall
 
 
 def mlp(hidden: list[int]) -> nn.Sequential:
@@ -126,19 +96,11 @@ def run_loop(cfg, data, seed: int) -> tuple[float, float]:
 
 
 def run_fastai(cfg, data, seed: int) -> tuple[float, float]:
-    from fastai.callback.core import Callback
     from fastai.callback.schedule import Learner  # noqa: F401  (adds fit_one_cycle to Learner)
     from fastai.data.core import DataLoaders
     from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropy
     from fastai.optimizer import Adam
     from fastai.torch_core import set_seed
-
-    class Timer(Callback):
-        def before_train(self):
-            self.start = time.perf_counter()
-
-        def after_train(self):
-            self.seconds = time.perf_counter() - self.start
 
     (x, y), valid, (x_test, y_test) = data.train, data.valid, data.test
     set_seed(seed)  # python, numpy and torch: the model's init and fastai's shuffle
@@ -149,21 +111,13 @@ def run_fastai(cfg, data, seed: int) -> tuple[float, float]:
     ls = cfg.task.label_smoothing
     loss = LabelSmoothingCrossEntropy(eps=ls) if ls else CrossEntropyLossFlat()
     o, s = cfg.optim, cfg.schedule
-    timer = Timer()
+    timer = fastai_timer("train")
     learn = Learner(dls, model, loss_func=loss, opt_func=Adam, cbs=[timer], wd=o.wd)
     with learn.no_bar(), learn.no_logging():
         learn.fit_one_cycle(
             1, o.lr, div=s.div, div_final=s.div_final, pct_start=s.pct_start, moms=tuple(s.moms),
         )
-    return test_accuracy(model, x_test, y_test), timer.seconds
-
-
-def fastai_available() -> bool:
-    try:
-        import fastai  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return test_accuracy(model, x_test, y_test), timer.epochs[-1].wall
 
 
 def main() -> None:
@@ -183,7 +137,7 @@ def main() -> None:
     hidden = [f"model.hidden={args.hidden}"] if args.hidden else []
     overrides = ["task=mnist", *hidden, "logger=csv", f"data.root={root}", *args.overrides]
     seeds = [int(s) for s in args.seeds.split(",")]
-    with_fastai = fastai_available() and not args.no_fastai
+    with_fastai = import_fastai("fastai.learner", not args.no_fastai) is not None
 
     from fastlight.data.mnist import MNISTData
 
@@ -193,38 +147,33 @@ def main() -> None:
         sys.exit("the plain loop and fastai peers here are written for optim=adam schedule=one_cycle")
 
     peers = ["fastlight", "loop"] + (["fastai"] if with_fastai else [])
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in peers}
     datasets: dict[int, MNISTData] = {}
     with tempfile.TemporaryDirectory(prefix="bench_mnist-") as tmp:
-        for i in range(args.repeats):
-            seed = seeds[i % len(seeds)]
-            run_dir = Path(tmp) / f"run{i}"
+
+        def run(peer: str, rep: int) -> tuple[float, float]:
+            seed = seeds[rep % len(seeds)]
+            run_dir = Path(tmp) / f"{peer}{rep}"
+            if peer == "fastlight":
+                return run_fastlight_mnist(overrides, seed, run_dir)
             cfg = compose([*overrides, f"seed={seed}"], run_dir)
             if seed not in datasets:  # the same split the fastlight run uses (data.seed = seed)
                 datasets[seed] = MNISTData(root=str(root), seed=seed)
                 datasets[seed].setup("fit")
-            results["fastlight"].append(run_fastlight(overrides, seed, run_dir))
-            results["loop"].append(run_loop(cfg, datasets[seed], seed))
-            if with_fastai:
-                results["fastai"].append(run_fastai(cfg, datasets[seed], seed))
-            print(f"repeat {i} (seed {seed}): " + "  ".join(
-                f"{name} acc {results[name][-1][0]:.4f} {results[name][-1][1]:.3f}s" for name in peers
-            ), flush=True)
+            return (run_loop if peer == "loop" else run_fastai)(cfg, datasets[seed], seed)
 
-    median = {name: (statistics.median(a for a, _ in r), statistics.median(s for _, s in r)) for name, r in results.items()}
-    base = median["loop"][1]
+        results = interleaved(peers, args.repeats, run, threads=args.threads,
+                              describe=lambda r: f"test acc {r[0]:.4f} {r[1]:.3f}s")
+
+    acc = {name: median(a for a, _ in r) for name, r in results.items()}
+    sec = {name: median(s for _, s in r) for name, r in results.items()}
     print(
         f"\nMNIST MLP 784-{''.join(f'{h}-' for h in cfg.model.get('hidden', []))}10, 1 epoch, bs {cfg.data.batch_size}, "
         f"{cfg.optim.name} lr {cfg.optim.lr} one-cycle, label_smoothing {cfg.task.label_smoothing}, "
-        f"steps_per_call {cfg.data.steps_per_call}, {args.threads} thread(s); medians of {args.repeats} "
-        f"interleaved repeats, seeds {seeds[: args.repeats]}"
+        f"steps_per_call {cfg.data.get('steps_per_call')}, {args.threads} thread(s); medians of {args.repeats} "
+        f"interleaved repeats, seeds {[seeds[i % len(seeds)] for i in range(args.repeats)]}"
     )
-    print(f"{'peer':<10} {'test acc':>9} {'s/epoch':>8} {'vs loop':>8}")
-    for name in peers:
-        acc, sec = median[name]
-        print(f"{name:<10} {acc:>9.4f} {sec:>8.3f} {sec / base:>7.2f}x")
-    ratio = median["fastlight"][1] / base
-    print(f"fastlight / loop seconds per epoch (ratio of medians): {ratio:.2f} (target <= 1.25)")
+    print(peers_table(peers, [Column("test acc", acc, ".4f"), Column("s/epoch", sec, ".3f", ("loop",))]))
+    print(f"fastlight / loop seconds per epoch (ratio of medians): {sec['fastlight'] / sec['loop']:.2f} (target <= 1.25)")
 
 
 if __name__ == "__main__":

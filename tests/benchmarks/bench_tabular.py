@@ -22,35 +22,24 @@ fastai is optional (`pip install -e ".[bench]"`); without it its row is skipped.
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import lightning as L
 import torch
 import torch.nn.functional as F
+from common import (Column, Epoch, EpochTimer, data_root, fastai_timer, import_fastai, interleaved, median,
+                    peers_table, prepare_process, run_fastlight, timer_overrides)
 
 from fastlight.data.tabular import AdultData
 from fastlight.models.tabular import TabularModel
 from fastlight.training.layer_groups import param_groups
 
-try:
-    import fastai.tabular.all as fastai_tabular
-    from fastai.callback.core import Callback as FastaiCallback
-except ImportError:
-    fastai_tabular = None
-    FastaiCallback = object
-
-os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"  # as run.py: every peer runs with the same setting
-torch.set_flush_denormal(True)
+prepare_process()
 
 CAT = ["workclass", "education", "marital-status", "occupation", "relationship", "race"]
 CONT = ["age", "fnlwgt", "education-num"]
 EPOCHS, LR, WD, BS, SPLIT_SEED = 3, 1e-2, 0.01, 64, 42
-REPO = Path(__file__).resolve().parents[2]
 
 
 def adult(root: Path) -> AdultData:
@@ -61,7 +50,7 @@ def adult(root: Path) -> AdultData:
 
 
 # --- plain PyTorch: the loop one would write by hand, on fastlight's processed tensors ----------
-def run_plain(dm: AdultData, seed: int) -> tuple[list, float, float]:
+def run_plain(dm: AdultData, seed: int) -> tuple[list[Epoch], float, float]:
     (tc, tn, ty), valid, test = dm.train, dm.valid, dm.test
     torch.manual_seed(seed)
     model = TabularModel(**{**dm.dims, "layers": [200, 100]})
@@ -91,56 +80,27 @@ def run_plain(dm: AdultData, seed: int) -> tuple[list, float, float]:
             opt.step()
             sched.step()
         acc = accuracy(valid)
-        times.append((time.perf_counter() - start, time.process_time() - cpu))
+        times.append(Epoch(time.perf_counter() - start, time.process_time() - cpu, n_batches * BS))
     return times, acc, accuracy(test)
 
 
 # --- fastlight: the real `python train.py task=tabular` path, in this process --------------------
-class EpochTimer(L.Callback):
-    """Wall and CPU time of each training epoch (its validation and checkpoints included)."""
-
-    times: list = []
-    last_acc = float("nan")
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        self._start = (time.perf_counter(), time.process_time())
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        EpochTimer.times.append((time.perf_counter() - self._start[0], time.process_time() - self._start[1]))
-        EpochTimer.last_acc = float(trainer.callback_metrics["val/acc"])
-
-
-def run_fastlight(root: Path, seed: int, logger: str, extra: list[str]) -> tuple[list, float, float]:
-    from fastlight import config, run
-
-    run_dir = Path(tempfile.mkdtemp(prefix="bench_tabular_"))
+def run_fastlight_tabular(root, seed: int, logger: str, extra: list[str]) -> tuple[list[Epoch], float, float]:
     overrides = [
         "task=tabular", "data=adult", f"data.root={root}", f"data.seed={SPLIT_SEED}", f"seed={seed}",
         f"logger={logger}", "+trainer.enable_progress_bar=false", "callbacks.progress_bar=null",
-        "+callbacks.epoch_timer._target_=__main__.EpochTimer", *extra,
+        *timer_overrides("epoch"), *extra,
     ]
-    cfg = config.compose(overrides, run_dir, job_name="bench")
-    EpochTimer.times = []
-    run.train(cfg)
-    import json
-
-    test_acc = json.loads((run_dir / "summary.json").read_text())["metrics"]["test/acc"]
-    return list(EpochTimer.times), EpochTimer.last_acc, test_acc
+    summary, _ = run_fastlight(overrides, prefix="bench_tabular_")
+    times = list(EpochTimer.epochs)
+    return times, times[-1].metrics["val/acc"], summary["metrics"]["test/acc"]
 
 
 # --- fastai: the tutorial's code -----------------------------------------------------------------
-class FastaiEpochTimer(FastaiCallback):
-    def before_epoch(self):
-        self._start = (time.perf_counter(), time.process_time())
-
-    def after_epoch(self):
-        self.times.append((time.perf_counter() - self._start[0], time.process_time() - self._start[1]))
-
-
-def run_fastai(dm: AdultData, seed: int) -> tuple[list, float, float]:
+def run_fastai(dm: AdultData, seed: int) -> tuple[list[Epoch], float, float]:
+    import fastai.tabular.all as ft
     import pandas as pd
 
-    ft = fastai_tabular
     train, valid, test = dm.frames()
     df = pd.concat([train, valid], ignore_index=True)
     splits = (list(range(len(train))), list(range(len(train), len(df))))
@@ -153,19 +113,17 @@ def run_fastai(dm: AdultData, seed: int) -> tuple[list, float, float]:
                           cont_names=CONT, y_names="salary", splits=splits)
     dls = to.dataloaders(bs=BS)
     learn = ft.tabular_learner(dls, layers=[200, 100], metrics=ft.accuracy)
-    timer = FastaiEpochTimer()
-    timer.times = []
+    timer = fastai_timer("epoch")
     with learn.no_bar(), learn.no_logging():  # the quietest fastai: no progress bar, no printing
         learn.fit_one_cycle(EPOCHS, LR, cbs=[timer])
         val_acc = float(learn.validate()[1])
         test_acc = float(learn.validate(dl=dls.test_dl(test, with_labels=True))[1])
-    return timer.times, val_acc, test_acc
+    return timer.epochs, val_acc, test_acc
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    default_root = os.environ.get("FASTLIGHT_DATA") or str(REPO.parent / "shared" / "data")
-    parser.add_argument("--data", default=default_root, help="the data root holding adult/")
+    parser.add_argument("--data", default=None, help="the data root holding adult/ (default: $FASTLIGHT_DATA, ../shared/data)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for every peer (fastlight's default: 1)")
     parser.add_argument("--logger", default="csv", help="fastlight's logger: csv | wandb | none")
@@ -173,47 +131,30 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra fastlight overrides, e.g. --set data.steps_per_call=8")
     args = parser.parse_args()
-    os.environ.setdefault("WANDB_MODE", "offline")
-    os.environ.setdefault("WANDB_SILENT", "true")
-    root = Path(args.data)
+    root = data_root(args.data)
     dm = adult(root)
-    peers = [p for p in args.peers if p != "fastai" or fastai_tabular is not None]
-    if "fastai" in args.peers and fastai_tabular is None:
-        print("fastai is not installed: its row is skipped (pip install -e '.[bench]')")
+    with_fastai = import_fastai("fastai.tabular.all", "fastai" in args.peers) is not None
+    peers = [p for p in args.peers if p != "fastai" or with_fastai]
     extra = [f"torch_threads={args.threads}", *args.set]
     runners = {
         "plain": lambda seed: run_plain(dm, seed),
-        "fastlight": lambda seed: run_fastlight(root, seed, args.logger, extra),
+        "fastlight": lambda seed: run_fastlight_tabular(root, seed, args.logger, extra),
         "fastai": lambda seed: run_fastai(dm, seed),
     }
-    times = {p: [] for p in peers}
-    accs = {p: [] for p in peers}
-    for rep in range(args.repeats):
-        for p in peers[rep % len(peers):] + peers[: rep % len(peers)]:  # rotate the order: fair to drifts
-            torch.set_num_threads(args.threads)
-            t, val_acc, test_acc = runners[p](SPLIT_SEED + rep)
-            times[p] += t
-            accs[p].append((val_acc, test_acc))
-            print(f"  repeat {rep} {p:9s}: {statistics.median(w for w, _ in t):.3f} s/epoch "
-                  f"({statistics.median(c for _, c in t):.3f} CPU s), valid acc {val_acc:.4f}, test acc {test_acc:.4f}",
-                  file=sys.stderr, flush=True)
+    results = interleaved(
+        peers, args.repeats, lambda p, rep: runners[p](SPLIT_SEED + rep), threads=args.threads,
+        describe=lambda r: (f"{median(e.wall for e in r[0]):.3f} s/epoch ({median(e.cpu for e in r[0]):.3f} CPU s), "
+                            f"valid acc {r[1]:.4f}, test acc {r[2]:.4f}"))
+    epochs = {p: [e for times, _, _ in results[p] for e in times] for p in peers}  # every epoch of every repeat
     print(f"\nUCI Adult: {len(dm.train[2])} train / {len(dm.valid[2])} valid (RandomSplitter 0.2, seed 42) / "
           f"{len(dm.test[2])} test rows; [200, 100], bs {BS}, fit_one_cycle({EPOCHS}, {LR}), wd {WD}; "
           f"{args.repeats} repeats, torch threads {args.threads}")
-    print(f"{'':10s} {'valid acc':>9s} {'test acc':>9s} {'s/epoch':>8s} {'vs plain':>9s} {'vs fastai':>10s}"
-          f" {'CPU s/epoch':>12s} {'vs plain':>9s} {'vs fastai':>10s}")
-    wall = {p: statistics.median(w for w, _ in times[p]) for p in peers}
-    cpu = {p: statistics.median(c for _, c in times[p]) for p in peers}
-
-    def ratio(med, p, ref):
-        return f"{med[p] / med[ref]:.2f}x" if ref in med else "-"
-
-    for p in peers:
-        val_acc = statistics.median(v for v, _ in accs[p])
-        test_acc = statistics.median(t for _, t in accs[p])
-        print(f"{p:10s} {val_acc:9.4f} {test_acc:9.4f} {wall[p]:8.3f} {ratio(wall, p, 'plain'):>9s} "
-              f"{ratio(wall, p, 'fastai'):>10s} {cpu[p]:12.3f} {ratio(cpu, p, 'plain'):>9s} "
-              f"{ratio(cpu, p, 'fastai'):>10s}")
+    print(peers_table(peers, [
+        Column("valid acc", {p: median(r[1] for r in results[p]) for p in peers}, ".4f"),
+        Column("test acc", {p: median(r[2] for r in results[p]) for p in peers}, ".4f"),
+        Column("s/epoch", {p: median(e.wall for e in epochs[p]) for p in peers}, ".3f", ("plain", "fastai")),
+        Column("CPU s/epoch", {p: median(e.cpu for e in epochs[p]) for p in peers}, ".3f", ("plain", "fastai")),
+    ]))
     sys.stdout.flush()
 
 

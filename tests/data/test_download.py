@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import http.server
+import io
 import socket
 import threading
 import zipfile
@@ -104,8 +106,8 @@ def test_corrupt_download_raises_and_leaves_nothing(server, tmp_path):
         fetch(folder, [Remote("a.bin", (base + "a.bin",), PAYLOAD_MD5)], dataset="DS", how_to=HOW_TO)
     msg = str(err.value)
     assert "a.bin" in msg and "corrupt" in msg and "checksum" in msg
-    assert PAYLOAD_MD5 in msg and "\n" not in msg
-    assert leftovers(folder) == []
+    assert PAYLOAD_MD5 in msg and hashlib.md5(PAYLOAD + b"tampered").hexdigest() in msg and "\n" not in msg
+    assert not folder.exists()  # no empty dataset folder left behind either
 
 
 def test_falls_back_to_the_next_mirror(server, tmp_path, closed_port_url):
@@ -126,7 +128,52 @@ def test_interrupted_download_leaves_no_file(server, tmp_path, md5):
     with pytest.raises(DataError) as err:
         fetch(folder, [Remote("a.bin", (base + "short/a.bin",), md5)], dataset="DS", how_to=HOW_TO)
     assert "a.bin" in str(err.value) and "download failed" in str(err.value)
-    assert leftovers(folder) == []
+    assert "connection closed before the whole file arrived" in str(err.value)
+    assert not folder.exists()
+
+
+def test_a_failed_download_removes_only_the_folders_it_created(server, tmp_path):
+    base, _, _ = server
+    remotes = [Remote("a.bin", (base + "missing/a.bin",), PAYLOAD_MD5)]
+    with pytest.raises(DataError, match="HTTP 404"):
+        fetch(tmp_path / "root" / "ds", remotes, dataset="DS")
+    assert leftovers(tmp_path) == ["served"]  # neither ds/ nor the data root it had to make
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    with pytest.raises(DataError):
+        fetch(kept, remotes, dataset="DS")
+    assert leftovers(kept) == ["notes.txt"]  # a folder that was there stays, with what it held
+
+
+def test_a_second_file_that_fails_keeps_the_first_one(server, tmp_path):
+    base, served, _ = server
+    (served / "a.bin").write_bytes(PAYLOAD)
+    folder = tmp_path / "ds"
+    remotes = [Remote("a.bin", (base + "a.bin",), PAYLOAD_MD5), Remote("b.bin", (base + "b.bin",))]
+    with pytest.raises(DataError) as err:
+        fetch(folder, remotes, dataset="DS")
+    assert "missing b.bin in" in str(err.value) and "a.bin," not in str(err.value)
+    assert leftovers(folder) == ["a.bin"]  # complete, verified: the next run only fetches b.bin
+
+
+def test_progress_bar_on_a_terminal_only(server, tmp_path):
+    base, served, _ = server
+    (served / "a.bin").write_bytes(PAYLOAD)
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for tty, name in ((True, "tty"), (False, "pipe")):
+        err = Terminal() if tty else io.StringIO()
+        with contextlib.redirect_stderr(err):
+            fetch(tmp_path / name, [Remote("a.bin", (base + "a.bin",), PAYLOAD_MD5)], dataset="DS")
+        shown = err.getvalue()
+        if tty:
+            assert "a.bin" in shown and "22.5k" in shown  # the name and the size (23,000 B = 22.5 KiB)
+        else:
+            assert shown == ""  # logs and pipes get no bar
 
 
 def test_download_off_names_files_folder_and_how_to(server, tmp_path):

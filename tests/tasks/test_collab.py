@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from fastlight.errors import ConfigError, DataError
-from fastlight.models import collab_interpret as interpret
+from fastlight.cli import main as fastlight
+from fastlight.cli.recommend import load_for_recommend
+from fastlight.interpret import collab as interpret
 from fastlight.models.collab import EmbeddingDotBias, EmbeddingNN, check_y_range
 from fastlight.models.embeddings import Embedding, emb_sz_rule
 from fastlight.runs import load_run
-from fastlight.tasks import collab
 
 SMALL = ("task=collab", "data=synthetic", "data.n_users=60", "data.n_items=40", "trainer.max_epochs=2",
          "task.n_top=5", "task.n_plot=10")
@@ -132,7 +133,7 @@ def test_interpretation_is_saved_in_the_run_folder_and_logged_to_wandb(train_run
 
 def test_recommend_gives_unseen_items_new_user_by_bias_and_neighbours(train_run, capsys):
     _, run_dir = train_run(*SMALL, "logger=none")
-    model, dm = collab.load_for_recommend(str(run_dir))
+    model, dm = load_for_recommend(str(run_dir))
     user = interpret.find_user(dm, str(dm.user_ids[0]))
     recs = interpret.recommend_for_user(model, dm, user, 5)
     seen = {dm.titles[i] for i in dm.seen_items(user).tolist()}
@@ -144,11 +145,11 @@ def test_recommend_gives_unseen_items_new_user_by_bias_and_neighbours(train_run,
     near = interpret.nearest_items(model, dm, item, 4)
     assert item == 7 and dm.titles[7] not in set(near.title) and near.similarity.is_monotonic_decreasing
 
-    assert collab.main(["recommend", str(run_dir), "--user", str(dm.user_ids[0]), "-k", "5"]) == 0
+    assert fastlight(["recommend", str(run_dir), "--user", str(dm.user_ids[0]), "-k", "5"]) == 0
     assert recs.title.iloc[0] in capsys.readouterr().out
-    assert collab.main(["recommend", str(run_dir), "--user", "123456"]) == 2
+    assert fastlight(["recommend", str(run_dir), "--user", "123456"]) == 2
     assert "user 123456 is not among the 60 users" in capsys.readouterr().err
-    assert collab.main(["recommend", str(run_dir), "--like", "no such film"]) == 2
+    assert fastlight(["recommend", str(run_dir), "--like", "no such film"]) == 2
     assert "no movie title" in capsys.readouterr().err
 
 
@@ -169,7 +170,7 @@ def test_csv_data_trains_and_recommend_notices_changed_data(train_run, tmp_path)
     assert summary(run_dir)["status"] == "completed"
     write_ratings(path, n_users=41)  # a new user appears: the saved id maps no longer fit
     with pytest.raises(DataError, match="no longer match"):
-        collab.load_for_recommend(str(run_dir))
+        load_for_recommend(str(run_dir))
 
 
 @pytest.mark.parametrize("override, scale, message", [

@@ -14,7 +14,7 @@ from fastlight.data.tabular import AdultData
 from fastlight.models.embeddings import emb_sz_rule
 from fastlight.models.tabular import TabularModel
 from fastlight.runs import load_run
-from fastlight.tasks.tabular import load_task, main
+from fastlight.cli import main as fastlight
 
 FAST = ("task=tabular", "callbacks.progress_bar=null")
 
@@ -63,13 +63,13 @@ def test_adult_twin_end_to_end_finds_the_planted_columns_and_predicts_new_rows(t
                          {**row, "occupation": "Exec-managerial", "age": None}])
     rows.to_csv(tmp_path / "new_rows.csv", index=False)
     out = tmp_path / "pred.csv"
-    assert main(["predict", str(run_dir), str(tmp_path / "new_rows.csv"), "--out", str(out)]) == 0
+    assert fastlight(["predict", str(run_dir), str(tmp_path / "new_rows.csv"), "--out", str(out)]) == 0
     pred = pd.read_csv(out)
     assert len(pred) == 3 and set(pred.predicted_salary) <= {"<=50K", ">50K"}
     probs = pred[["predicted_p_<=50K", "predicted_p_>50K"]].to_numpy()
     assert np.allclose(probs.sum(1), 1, atol=1e-5) and np.allclose(probs[0], probs[1])
     rows.drop(columns=["age", "race"]).to_csv(tmp_path / "bad.csv", index=False)
-    assert main(["predict", str(run_dir), str(tmp_path / "bad.csv")]) == 2
+    assert fastlight(["predict", str(run_dir), str(tmp_path / "bad.csv")]) == 2
     err = capsys.readouterr().err
     assert "no column 'race', 'age' in" in err and "bad.csv" in err
 
@@ -91,7 +91,7 @@ def test_regression_recovers_a_planted_per_category_offset(train_run, tmp_path):
     )
     assert value < 0.4  # the noise alone is 0.1; predicting the mean would give ~1.9
     assert summary(run_dir)["metrics"]["test/rmse"] < 0.4  # data.test_path: Trainer.test ran on it
-    task = load_task(run_dir)
+    _, _, task = load_run(run_dir)
     # Each shop over the same spread of x: the mean difference between shops is the offset.
     grid = pd.DataFrame([(s, v) for s in offsets for v in np.linspace(-1.5, 1.5, 31)], columns=["shop", "x"])
     pred = task.predict_frame(grid)["y"].to_numpy().reshape(len(offsets), -1).mean(1)

@@ -259,9 +259,27 @@ def test_regression_head_learns_planted_points(train_run):
 
 
 def test_mixed_precision_bf16_on_cpu(train_run):
-    value, _ = train_run(*FAST, "trainer.precision=bf16-mixed", "trainer.max_epochs=1", "data.n_train=64",
-                         "data.n_valid=32", "optim.lr=1e-2")
-    assert 0 <= value <= 1
+    dtypes = "+callbacks.dtypes._target_=tests.tasks.test_vision.RecordOutputDtypes"
+    value, run_dir = train_run(*FAST, *LEARN, "trainer.precision=bf16-mixed", "trainer.max_epochs=4",
+                               "data.n_train=400", dtypes)
+    # the forward ran in bfloat16 under autocast, the weights stayed float32, and it still learnt
+    assert json.loads((run_dir / "dtypes.json").read_text()) == {"output": ["torch.bfloat16"], "weights": ["torch.float32"]}
+    assert value < 0.3  # error rate; chance is 0.75
+
+
+class RecordOutputDtypes(L.Callback):
+    """The dtypes of the model's training outputs and of its weights (a test-only Lightning callback)."""
+
+    def on_fit_start(self, trainer, pl_module):
+        self.seen = {"output": set(), "weights": set()}
+        last = [m for m in pl_module.modules() if isinstance(m, nn.Linear)][-1]
+        last.register_forward_hook(lambda m, i, out: self.seen["output"].add(str(out.dtype)) if m.training else None)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.seen["weights"] |= {str(p.dtype) for p in pl_module.parameters()}
+
+    def on_fit_end(self, trainer, pl_module):
+        (Path(trainer.default_root_dir) / "dtypes.json").write_text(json.dumps({k: sorted(v) for k, v in self.seen.items()}))
 
 
 def test_progressive_resizing_is_a_stage_setting(train_run):

@@ -22,6 +22,7 @@ import torch
 
 from fastlight.data.core import TensorBatches, data_root
 from fastlight.data.download import Remote, extract_zip, fetch
+from fastlight.data.split import random_split_indices
 from fastlight.errors import ConfigError, DataError
 
 GROUPLENS = "https://files.grouplens.org/datasets/movielens/"
@@ -29,11 +30,7 @@ ML100K_MD5 = "0e33842e24a9c977be4e0107933c0723"  # GroupLens's published ml-100k
 COLUMNS = ["user", "item", "rating", "timestamp"]
 
 
-def random_split(n: int, valid_pct: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """fastai's RandomSplitter: (train rows, valid rows) from one seeded permutation."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
-    cut = int(valid_pct * n)
-    return order[cut:], order[:cut]
+random_split = random_split_indices  # fastai's RandomSplitter: (train rows, valid rows); the name callers know
 
 
 def time_split(ratings: pd.DataFrame, valid_pct: float) -> tuple[np.ndarray, np.ndarray]:
@@ -171,18 +168,15 @@ class CollabData(L.LightningDataModule):
         return self.all_items[(self.all_users == user) & (self.all_items > 0)]
 
     # --- loaders ------------------------------------------------------------------------------
-    def _epoch(self) -> int:
-        return self.trainer.current_epoch
-
     def train_dataloader(self):
         # A fresh permutation every epoch (fastai samples with replacement and ends ~0.04 MSE worse),
         # drawn from (seed, trainer's epoch) so a resumed run sees the batches an unbroken one would.
         return TensorBatches(self.train, self.batch_size, shuffle=True, seed=self.seed,
                              steps_per_call=self.steps_per_call,
-                             epoch_fn=self._epoch if self.trainer is not None else None)
+                             trainer=self.trainer)
 
     def val_dataloader(self):
-        return TensorBatches(self.valid, self.eval_batch_size)
+        return TensorBatches(self.valid, self.eval_batch_size, trainer=self.trainer)
 
 
 class MovieLens100k(CollabData):

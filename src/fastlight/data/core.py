@@ -2,8 +2,8 @@
 
 Small tabular-ish tasks (MNIST as flat vectors, collab, tabular) are dominated by per-batch
 overhead, not arithmetic. `TensorBatches` slices whole batches from tensors held in memory
-(no per-row `__getitem__` + collate) and hands Lightning a *chunk* of several batches per
-`training_step`, so Lightning's own ~0.4 ms per step is paid once per chunk, not per batch.
+(no per-row `__getitem__` + collate), shards them between DDP ranks, and on the fast path hands
+Lightning a *chunk* of several batches per `training_step` (`fastlight.training.fast_path`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def cache_root(*parts: str) -> Path:
 
 
 class Chunk(list):
-    """Several batches that one `training_step` runs as several optimizer steps."""
+    """Several batches that one `training_step` runs as several optimizer steps (the fast path)."""
 
 
 class TensorBatches:
@@ -39,8 +39,12 @@ class TensorBatches:
 
     - `shuffle`: a fresh permutation each epoch, drawn from `(seed, epoch)` so a run resumed
       at an epoch boundary sees exactly the batches an uninterrupted run would.
-    - `steps_per_call > 1`: yield `Chunk`s of that many batches (training only).
-    - `epoch_fn`: returns the current epoch (the datamodule passes `trainer.current_epoch`).
+    - `trainer`: read at iteration time for the epoch and, under DDP, the rank: every rank draws
+      the same permutation and keeps every `world_size`-th row of it, so an epoch's rows are split
+      between the ranks with none twice and none left out, and every rank runs the same number of
+      batches (DDP needs that: a rank with one batch more would wait forever for the others).
+    - `steps_per_call > 1`: yield `Chunk`s of that many batches (training only; see
+      `fastlight.training.fast_path`).
     """
 
     def __init__(
@@ -51,7 +55,7 @@ class TensorBatches:
         seed: int = 0,
         steps_per_call: int = 1,
         drop_last: bool = False,
-        epoch_fn=None,
+        trainer=None,
     ):
         n = len(tensors[0])
         if any(len(t) != n for t in tensors):
@@ -63,39 +67,54 @@ class TensorBatches:
         self.seed = int(seed)
         self.steps_per_call = max(1, int(steps_per_call))
         self.drop_last = drop_last
-        self.epoch_fn = epoch_fn
-        self._epoch = 0  # used only when no epoch_fn is given
+        self.trainer = trainer
+        self.epochs_started = 0  # the epoch when no trainer is attached
+
+    def _rank_world(self) -> tuple[int, int]:
+        t = self.trainer
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
 
     @property
     def n_batches(self) -> int:
-        """Optimizer steps per epoch."""
-        return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
+        """Optimizer steps per epoch on this rank."""
+        _, world = self._rank_world()
+        rows = math.ceil(self.n / world) if not self.drop_last else self.n // world
+        return rows // self.batch_size if self.drop_last else math.ceil(rows / self.batch_size)
 
     def __len__(self) -> int:
         return math.ceil(self.n_batches / self.steps_per_call)
 
     def _order(self) -> torch.Tensor | None:
+        epoch = self.trainer.current_epoch if self.trainer is not None else self.epochs_started
+        self.epochs_started += 1
         if not self.shuffle:
             return None
-        epoch = self.epoch_fn() if self.epoch_fn is not None else self._epoch
-        self._epoch += 1
         g = torch.Generator().manual_seed(self.seed * 100_003 + int(epoch))
         return torch.randperm(self.n, generator=g)
 
-    def __iter__(self):
+    def _batches(self):
         order = self._order()
-        if order is not None:
-            # One gather per epoch, then every batch is a cheap contiguous slice.
-            data = tuple(t[order] for t in self.tensors)
-        else:
-            data = self.tensors
+        rank, world = self._rank_world()
+        if world > 1:
+            rows = (order if order is not None else torch.arange(self.n))[rank::world]
+            if self.drop_last:
+                rows = rows[: self.n_batches * self.batch_size]
+            # The same number of near-equal batches on every rank (shards differ by one row at most).
+            for idx in torch.tensor_split(rows, self.n_batches):
+                yield tuple(t[idx] for t in self.tensors)
+            return
+        # One gather per epoch, then every batch is a cheap contiguous slice.
+        data = tuple(t[order] for t in self.tensors) if order is not None else self.tensors
         bs = self.batch_size
-        batches = (tuple(t[i * bs : (i + 1) * bs] for t in data) for i in range(self.n_batches))
+        for i in range(self.n_batches):
+            yield tuple(t[i * bs : (i + 1) * bs] for t in data)
+
+    def __iter__(self):
         if self.steps_per_call == 1:
-            yield from batches
+            yield from self._batches()
             return
         chunk = Chunk()
-        for b in batches:
+        for b in self._batches():
             chunk.append(b)
             if len(chunk) == self.steps_per_call:
                 yield chunk

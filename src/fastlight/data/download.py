@@ -1,33 +1,30 @@
 """Get a dataset's files into its home folder, or stop with one sentence that says how to.
 
-Files already in the folder are used as they are (no network). Missing ones are streamed from
-each mirror in turn into a temporary file *in the same folder*, checked against the published
-md5, and only then `os.replace`d to their final name. So a file with the final name is always
-complete: an interrupted, truncated or corrupt download leaves nothing behind that a later run
-would mistake for data. Every failure becomes a `DataError` raised before training starts.
+Files already in the folder are used as they are (no network). Missing ones are fetched with
+pooch, from each mirror in turn: pooch streams into a temporary file in the same folder, checks
+the published md5 and only then moves it to its final name, so a file with the final name is
+always complete (an interrupted, truncated or corrupt download leaves nothing a later run would
+mistake for data). A folder this call had to create is removed again if nothing arrived in it.
+Every failure becomes a one-line `DataError` raised before training starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import http.client
+import logging
 import os
+import re
 import shutil
 import socket
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from fastlight.errors import DataError
-
-CHUNK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -53,66 +50,120 @@ def _timeout() -> float:
         raise DataError(f"FASTLIGHT_DOWNLOAD_TIMEOUT must be a number of seconds, got {raw!r}.") from None
 
 
-def _download(url: str, tmp: Path, name: str, timeout: float) -> int:
-    """Stream `url` into `tmp`; raises OSError/HTTPException on a network failure or a short body."""
-    # A fresh opener reads the proxy settings of *this* moment, not of the first urlopen call.
-    opener = urllib.request.build_opener()
-    request = urllib.request.Request(url, headers={"User-Agent": "fastlight"})
-    with opener.open(request, timeout=timeout) as response, open(tmp, "wb") as out:
-        length = response.headers.get("Content-Length")
-        expected = int(length) if length and length.isdigit() else None
-        done = 0
-        with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
-                  file=sys.stderr, disable=None, leave=False) as bar:  # disable=None: off when not a tty
-            while block := response.read(CHUNK):
-                out.write(block)
-                done += len(block)
-                bar.update(len(block))
-    # http.client may return a short body without complaint when the server hangs up early.
-    if expected is not None and done != expected:
-        raise http.client.IncompleteRead(b"", expected - done)
-    return done
+@contextlib.contextmanager
+def _quiet_pooch():
+    """pooch logs each download at INFO on stderr; the progress bar already says it."""
+    import pooch
+
+    logger = pooch.get_logger()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
-def _why(e: BaseException, timeout: float) -> str:
-    """A short, single-line reason for a failed request."""
-    if isinstance(e, urllib.error.HTTPError):
-        return f"HTTP {e.code} {e.reason}"
-    if isinstance(e, urllib.error.URLError):
-        e = e.reason if isinstance(e.reason, BaseException) else e
-    if isinstance(e, (socket.timeout, TimeoutError)):
-        return f"timed out after {timeout:g} s"
-    if isinstance(e, http.client.IncompleteRead):
-        return f"connection closed with {e.expected} bytes still to come"
-    if isinstance(e, ConnectionRefusedError):
-        return "connection refused"
-    return str(getattr(e, "strerror", None) or getattr(e, "reason", None) or e) or type(e).__name__
+class _Bar:
+    """pooch's progress-bar protocol (total, update, reset, close) on a tqdm bar made once the size
+    is known; off when stderr is not a terminal (tqdm's disable=None), gone when done (leave=False)."""
+
+    def __init__(self, name: str):
+        self.name, self.bar = name, None
+
+    @property
+    def total(self):
+        return self.bar.total if self.bar is not None else None
+
+    @total.setter
+    def total(self, size: int) -> None:
+        from tqdm import tqdm
+
+        self.close()
+        self.bar = tqdm(total=size or None, unit="B", unit_scale=True, unit_divisor=1024, desc=self.name,
+                        file=sys.stderr, disable=None, leave=False)
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def reset(self) -> None:
+        if self.bar is not None:
+            self.bar.reset()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _causes(e: BaseException):
+    """e and what it was raised from, including the reasons requests/urllib3 keep in their args."""
+    seen, todo = set(), [e]
+    while todo:
+        x = todo.pop(0)
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        yield x
+        todo += [c for c in (x.__cause__, x.__context__, getattr(x, "reason", None)) if isinstance(c, BaseException)]
+        todo += [a for a in getattr(x, "args", ()) if isinstance(a, BaseException)]
+
+
+def _why(e: BaseException, remote: Remote, timeout: float) -> str:
+    """A short, single-line reason for a failed download."""
+    import requests
+
+    if isinstance(e, ValueError) and remote.md5 and "hash" in str(e):  # pooch's checksum mismatch
+        got = re.search(r"got ([0-9a-fA-F]{32})", str(e))
+        return (f"checksum mismatch, {remote.name} download was corrupt "
+                f"(expected md5 {remote.md5}" + (f", got {got.group(1)})" if got else ")"))
+    if isinstance(e, requests.HTTPError) and e.response is not None:
+        return f"HTTP {e.response.status_code} {e.response.reason}"
+    for cause in _causes(e):
+        if isinstance(cause, (requests.Timeout, socket.timeout, TimeoutError)):
+            return f"timed out after {timeout:g} s"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return "the host name could not be resolved (no network?)"
+        if isinstance(cause, requests.exceptions.ChunkedEncodingError) or "IncompleteRead" in type(cause).__name__:
+            return "connection closed before the whole file arrived"
+    return " ".join(str(e).split())[:200] or type(e).__name__
 
 
 def _fetch_one(folder: Path, remote: Remote, timeout: float) -> str | None:
     """Download `remote` into `folder`; None on success, else why every mirror failed."""
+    import pooch
+    import requests
+
     reasons = []
     for url in remote.urls:
-        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{remote.name}.", suffix=".part")
-        os.close(fd)
-        tmp = Path(tmp_name)
+        bar = _Bar(remote.name)
+        downloader = pooch.HTTPDownloader(progressbar=bar, chunk_size=1 << 16, timeout=timeout,
+                                          headers={"User-Agent": "fastlight"})
         try:
-            size = _download(url, tmp, remote.name, timeout)
-            got = md5sum(tmp) if remote.md5 else None
-            if remote.md5 and got != remote.md5.lower():
-                reasons.append(f"{url}: checksum mismatch, {remote.name} download was corrupt "
-                               f"(expected md5 {remote.md5}, got {got})")
-            elif size == 0:
-                reasons.append(f"{url}: empty file")
-            else:
-                os.replace(tmp, folder / remote.name)
+            with _quiet_pooch():
+                path = Path(pooch.retrieve(url, known_hash=f"md5:{remote.md5.lower()}" if remote.md5 else None,
+                                           fname=remote.name, path=folder, downloader=downloader))
+            if path.stat().st_size > 0:
                 return None
-        except (OSError, http.client.HTTPException, ValueError) as e:  # ValueError: malformed URL
-            reasons.append(f"{url}: {_why(e, timeout)}")
+            path.unlink()
+            reasons.append(f"{url}: empty file")
+        except (OSError, ValueError, requests.RequestException) as e:  # ValueError: bad checksum or URL
+            reasons.append(f"{url}: {_why(e, remote, timeout)}")
         finally:
-            # Also on Ctrl-C: a half-written temp file must never outlive this call.
-            tmp.unlink(missing_ok=True)
+            bar.close()
     return "; ".join(reasons) or f"no mirror known for {remote.name}"
+
+
+def _created_by_mkdir(folder: Path) -> list[Path]:
+    """The folders `folder.mkdir(parents=True)` is about to create, deepest first."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def fetch(
@@ -134,15 +185,21 @@ def fetch(
     if not download:
         fail("downloading is turned off (download=False)", missing)
     timeout = _timeout()
+    created = _created_by_mkdir(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         fail(f"the folder cannot be created ({e.strerror or e})", missing)
-    for i, remote in enumerate(missing):
-        why = _fetch_one(folder, remote, timeout)
-        if why is not None:
-            # Stop at the first failure: the next files would most likely fail (and wait) the same way.
-            fail(f"the download failed ({why})", missing[i:])
+    try:
+        for i, remote in enumerate(missing):
+            why = _fetch_one(folder, remote, timeout)
+            if why is not None:
+                # Stop at the first failure: the next files would most likely fail (and wait) the same way.
+                fail(f"the download failed ({why})", missing[i:])
+    finally:
+        for made in created:  # deepest first; a folder that got a file (or anything else) stays
+            with contextlib.suppress(OSError):
+                made.rmdir()
     return paths
 
 

@@ -17,6 +17,7 @@ import torch
 
 from fastlight.data.core import TensorBatches, data_root
 from fastlight.data.download import Remote, fetch
+from fastlight.data.split import random_split_indices
 from fastlight.errors import DataError
 
 MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
@@ -71,24 +72,20 @@ class FlatImageData(L.LightningDataModule):
         self.test = (x_test, y_test)
 
     def split(self, x: torch.Tensor, y: torch.Tensor, n_valid: int):
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
-        v, t = order[:n_valid], order[n_valid:]
+        t, v = (torch.from_numpy(i) for i in random_split_indices(len(x), seed=self.seed, n_valid=n_valid))
         return (x[t], y[t]), (x[v], y[v])
-
-    def _epoch(self) -> int:
-        return self.trainer.current_epoch if self.trainer is not None else 0
 
     def train_dataloader(self):
         return TensorBatches(
             self.train, self.batch_size, shuffle=True, seed=self.seed,
-            steps_per_call=self.steps_per_call, epoch_fn=self._epoch,
+            steps_per_call=self.steps_per_call, trainer=self.trainer,
         )
 
     def val_dataloader(self):
-        return TensorBatches(self.valid, self.eval_batch_size)
+        return TensorBatches(self.valid, self.eval_batch_size, trainer=self.trainer)
 
     def test_dataloader(self):
-        return TensorBatches(self.test, self.eval_batch_size)
+        return TensorBatches(self.test, self.eval_batch_size, trainer=self.trainer)
 
 
 class MNISTData(FlatImageData):

@@ -22,6 +22,7 @@ import torch
 from fastlight.data.core import TensorBatches, data_root
 from fastlight.data.download import Remote, fetch
 from fastlight.data.procs import TabularProcs, check_columns
+from fastlight.data.split import random_split_indices
 from fastlight.errors import ConfigError, DataError
 
 PROBLEMS = ("classification", "regression")
@@ -104,27 +105,23 @@ class TabularData(L.LightningDataModule):
 
     def random_split(self, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         """fastai's RandomSplitter(valid_pct, seed): the first valid_pct of a seeded randperm."""
-        order = torch.randperm(len(df), generator=torch.Generator().manual_seed(self.seed)).numpy()
-        cut = int(self.valid_pct * len(df))
-        return df.iloc[order[cut:]].reset_index(drop=True), df.iloc[order[:cut]].reset_index(drop=True)
-
-    def _epoch(self) -> int:
-        return self.trainer.current_epoch if self.trainer is not None else 0
+        train, valid = random_split_indices(len(df), self.valid_pct, self.seed)
+        return df.iloc[train].reset_index(drop=True), df.iloc[valid].reset_index(drop=True)
 
     def train_dataloader(self):
         # drop_last: a last batch of one row would break BatchNorm in training mode (fastai drops it too).
         return TensorBatches(self.train, self.batch_size, shuffle=True, seed=self.seed, drop_last=True,
-                             steps_per_call=self.steps_per_call, epoch_fn=self._epoch)
+                             steps_per_call=self.steps_per_call, trainer=self.trainer)
 
     def val_dataloader(self):
-        return TensorBatches(self.valid, self.eval_batch_size)
+        return TensorBatches(self.valid, self.eval_batch_size, trainer=self.trainer)
 
 
 class WithTest:
     """Mixed into a data module that has a labelled test set (run.py then calls Trainer.test)."""
 
     def test_dataloader(self):
-        return TensorBatches(self.test, self.eval_batch_size)
+        return TensorBatches(self.test, self.eval_batch_size, trainer=self.trainer)
 
 
 # --- UCI Adult -----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from fastlight.data.core import data_root
+from fastlight.data.split import random_split_indices
 from fastlight.errors import ConfigError, DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -99,9 +100,8 @@ class ImageItems(Dataset):
 
 def split_items(items: list, valid_pct: float, seed: int) -> tuple[list, list]:
     """A seeded random split, as fastai's RandomSplitter(valid_pct, seed)."""
-    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_valid = int(valid_pct * len(items))
-    return [items[i] for i in order[n_valid:]], [items[i] for i in order[:n_valid]]
+    train, valid = random_split_indices(len(items), valid_pct, seed)
+    return [items[i] for i in train], [items[i] for i in valid]
 
 
 class ImageData(L.LightningDataModule):

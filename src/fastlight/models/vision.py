@@ -21,6 +21,7 @@ import torchvision
 from torch import nn
 
 from fastlight.errors import ConfigError, DataError
+from fastlight.models.embeddings import SigmoidRange
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
 RESNET_SPLIT = 6  # body[:6] = stem, layer1, layer2; body[6:] = layer3, layer4
@@ -35,20 +36,6 @@ class AdaptiveConcatPool2d(nn.Module):
 
     def forward(self, x):
         return torch.cat([self.max(x), self.avg(x)], 1)
-
-
-class SigmoidRange(nn.Module):
-    """Squash outputs into (lo, hi): fastai's `y_range` for regression."""
-
-    def __init__(self, lo: float, hi: float):
-        super().__init__()
-        self.lo, self.hi = float(lo), float(hi)
-
-    def forward(self, x):
-        return torch.sigmoid(x) * (self.hi - self.lo) + self.lo
-
-    def extra_repr(self) -> str:
-        return f"lo={self.lo}, hi={self.hi}"
 
 
 def _bn(n: int) -> nn.BatchNorm1d:

@@ -19,28 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastlight.errors import ConfigError
+from fastlight.models.mnist import MLP, Logistic  # noqa: F401  (older runs' config.yaml name them here)
 from fastlight.tasks.base import Task
+from fastlight.training.fast_path import FastPath
 
 
-class Logistic(nn.Sequential):
-    """Mnist_Logistic: one Linear layer, softmax inside the loss."""
-
-    def __init__(self, n_in: int, n_out: int):
-        super().__init__(nn.Linear(n_in, n_out))
-
-
-class MLP(nn.Sequential):
-    """Mnist_NN: Linear -> ReLU for each hidden size, then Linear to the classes."""
-
-    def __init__(self, n_in: int, n_out: int, hidden: list[int] = (50,)):
-        layers: list[nn.Module] = []
-        for h in hidden:
-            layers += [nn.Linear(n_in, h), nn.ReLU()]
-            n_in = h
-        super().__init__(*layers, nn.Linear(n_in, n_out))
-
-
-class MnistTask(Task):
+class MnistTask(FastPath, Task):
     def __init__(self, model: nn.Module, optim: dict, schedule: dict, label_smoothing: float = 0.0):
         super().__init__(optim, schedule)
         if not 0 <= label_smoothing < 1:
@@ -58,8 +42,8 @@ class MnistTask(Task):
     def _evaluate(self, batch, stage: str) -> None:
         x, y = batch
         logits = self.model(x)
-        self.log(f"{stage}/loss", F.cross_entropy(logits, y), batch_size=len(y), prog_bar=stage == "val")
-        self.log(f"{stage}/acc", (logits.argmax(1) == y).float().mean(), batch_size=len(y), prog_bar=stage == "val")
+        self.log(f"{stage}/loss", F.cross_entropy(logits, y), batch_size=len(y), prog_bar=stage == "val", sync_dist=True)
+        self.log(f"{stage}/acc", (logits.argmax(1) == y).float().mean(), batch_size=len(y), prog_bar=stage == "val", sync_dist=True)
 
     def validation_step(self, batch, batch_idx):
         self._evaluate(batch, "val")

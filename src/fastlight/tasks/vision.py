@@ -12,7 +12,8 @@ The same body and head serve the lessons' three problem types (`data.problem`):
   multi_label   BCE with logits; accuracy_multi and F-beta(2) at `thresh`   (planet)
   regression    MSE, with the model's `y_range` squashing outputs     (head-pose points)
 After training, `summarize` saves fastai's interpretation (top losses, confusion matrix, most
-confused pairs) in the run folder and logs it to W&B.
+confused pairs; `fastlight.interpret.vision`) in the run folder and logs it to W&B. A finished run:
+`fastlight predict <run> <images folder>`, `fastlight clean <run>` (fastai's ImageCleaner).
 """
 
 from __future__ import annotations
@@ -104,14 +105,14 @@ class VisionTask(Task):
         x, y = batch
         out = self(x).float()
         n = len(y)
-        self.log(f"{stage}/loss", self.loss(out, y), batch_size=n, prog_bar=stage == "val")
+        self.log(f"{stage}/loss", self.loss(out, y), batch_size=n, prog_bar=stage == "val", sync_dist=True)
         if self.problem == "single_label":
             error = (out.argmax(1) != y).float().mean()
-            self.log(f"{stage}/error_rate", error, batch_size=n, prog_bar=stage == "val")
+            self.log(f"{stage}/error_rate", error, batch_size=n, prog_bar=stage == "val", sync_dist=True)
         elif self.problem == "multi_label":
             probs = out.sigmoid()
-            self.log(f"{stage}/accuracy_multi", ((probs > self.thresh).float() == y).float().mean(), batch_size=n)
-            self.log(f"{stage}/fbeta", fbeta_multi(probs, y, self.thresh), batch_size=n, prog_bar=stage == "val")
+            self.log(f"{stage}/accuracy_multi", ((probs > self.thresh).float() == y).float().mean(), batch_size=n, sync_dist=True)
+            self.log(f"{stage}/fbeta", fbeta_multi(probs, y, self.thresh), batch_size=n, prog_bar=stage == "val", sync_dist=True)
 
     def validation_step(self, batch, batch_idx):
         self._evaluate(batch, "val")
@@ -135,7 +136,6 @@ class VisionTask(Task):
         return torch.cat(outs), torch.cat(ys)
 
     def summarize(self, run_dir: Path) -> dict | None:
-        from fastlight.tracking import interpretation
+        from fastlight.interpret.vision import interpret
 
-        datamodule = self.trainer.datamodule
-        return interpretation.interpret(self, datamodule, Path(run_dir) / "interpretation", self.loggers)
+        return interpret(self, self.trainer.datamodule, Path(run_dir) / "interpretation", self.loggers)

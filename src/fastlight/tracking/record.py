@@ -6,8 +6,13 @@
                                  seed, git sha, library versions, and the error if it failed
     <run folder>/checkpoints/    last.ckpt and best.ckpt
 
-`summary.json` is written when the run starts (status "running") and rewritten atomically when
-it ends, whatever the ending, so a crashed or interrupted run still says what happened.
+`summary.json` is written when the run starts (status "running"), refreshed at every validation
+and epoch end and at least once a minute (`updated_at`, with the best validation metrics so far),
+and rewritten atomically when the run ends, whatever the ending, so an interrupted or failed run
+keeps what it learnt. A run killed outright (SIGKILL, the machine gone) cannot write its ending:
+`observed_status` reads such a summary as "killed" (its process is gone, or it has not reported
+for a long while), with the time it last reported. An unfinished run's summary holds the command
+line that resumes it from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import json
 import math
 import os
 import platform
+import shlex
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -23,6 +30,37 @@ from pathlib import Path
 import lightning as L
 
 STATUSES = ("running", "completed", "failed", "interrupted")
+HEARTBEAT_S = 60.0  # a running run refreshes updated_at at least this often (and every epoch)
+STALE_AFTER_S = 3600.0  # a run on another host that has not reported for this long is read as killed
+
+
+def now_iso(t: float | None = None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() if t is None else t))
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def observed_status(summary: dict, now: float | None = None) -> str:
+    """The summary's status, except that a "running" run whose process is gone (same host) or that
+    has not reported for `STALE_AFTER_S` is "killed": nothing else can have stopped it silently."""
+    status = summary.get("status")
+    if status != "running":
+        return status
+    if summary.get("host") == socket.gethostname() and summary.get("pid"):
+        if not _process_alive(int(summary["pid"])):
+            return "killed"
+    updated = summary.get("updated_at_s")
+    if updated is not None and (now or time.time()) - float(updated) > STALE_AFTER_S:
+        return "killed"
+    return status
 
 
 def git_sha(cwd: Path | None = None) -> str | None:
@@ -74,16 +112,34 @@ class RunRecord:
             "seed": seed,
             "git_sha": git_sha(Path(__file__).parent),
             "versions": versions(),
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started)),
+            "started_at": now_iso(self.started),
+            "updated_at": now_iso(self.started),
+            "updated_at_s": self.started,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
             "error": None,
             **(extra or {}),
         }
+        self.last_save = 0.0
         self.save()
 
     def save(self) -> None:
-        self.data["wall_time_s"] = round(time.time() - self.started, 3)
+        t = time.time()
+        self.data["wall_time_s"] = round(t - self.started, 3)
+        self.data["updated_at"], self.data["updated_at_s"] = now_iso(t), round(t, 3)
+        self.last_save = t
         if self.path is not None:
             write_json_atomic(self.path, self.data)
+
+    def progress(self, metrics: dict, best_epoch: int | None, resume: str | None = None) -> None:
+        """While running: the best validation metrics so far, and the heartbeat."""
+        self.data["metrics"].update({k: finite_or_none(v) for k, v in metrics.items()})
+        name = self.data["optimized_metric"]["name"]
+        self.data["optimized_metric"]["value"] = self.data["metrics"].get(name)
+        self.data["best_epoch"] = best_epoch
+        if resume:
+            self.data["resume"] = resume
+        self.save()
 
     def finish(self, status: str, metrics: dict | None = None, error: str | None = None, **extra) -> None:
         assert status in STATUSES
@@ -94,7 +150,50 @@ class RunRecord:
         self.data["optimized_metric"]["value"] = self.data["metrics"].get(name)
         self.data["error"] = error
         self.data.update(extra)
+        if status == "completed":
+            self.data.pop("resume", None)
         self.save()
+
+
+def resume_command(overrides: list[str], ckpt: Path) -> str:
+    """The command line that continues a run from `ckpt` (its own overrides, then ckpt_path)."""
+    kept = [o for o in overrides if not o.startswith("ckpt_path=")]
+    return shlex.join(["python", "train.py", *kept, f"ckpt_path={ckpt}"])
+
+
+class Heartbeat(L.Callback):
+    """Keeps `summary.json` current while training: best metrics so far, `updated_at`, the resume
+    command; and on SIGTERM (what SLURM sends before preemption) saves `last.ckpt` at the step
+    boundary where Lightning stops, so the run can continue."""
+
+    def __init__(self, record: RunRecord, best: "BestValidation", ckpt_dir: Path, overrides: list[str]):
+        self.record, self.best, self.ckpt_dir, self.overrides = record, best, Path(ckpt_dir), list(overrides)
+        self.sigterm_checkpoint: Path | None = None
+
+    def _beat(self, trainer) -> None:
+        last = self.ckpt_dir / "last.ckpt"
+        resume = resume_command(self.overrides, last) if last.is_file() else None
+        self.record.progress(self.best.metrics, self.best.epoch, resume)
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self._beat(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._beat(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if time.time() - self.record.last_save > HEARTBEAT_S:
+            self._beat(trainer)
+
+    def on_exception(self, trainer, pl_module, exception):
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            self.sigterm_checkpoint = self.ckpt_dir / "last.ckpt"
+            trainer.save_checkpoint(self.sigterm_checkpoint)
+            self._beat(trainer)
 
 
 class BestValidation(L.Callback):

@@ -96,7 +96,8 @@ class SweepCallback(Callback):
         print(f"  compare: python -m fastlight.compare {sweep_dir}", file=sys.stderr)
 
     def _print_comparison(self, sweep_dir: Path) -> None:
-        from fastlight.compare import compare, load_runs, summary_text, write_report
+        from fastlight.compare import compare, load_runs, summary_text
+        from fastlight.tracking.report import write_report
 
         comp = compare(load_runs([sweep_dir]))
         print(summary_text(comp, limit=self.table_rows))

@@ -24,11 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lightning.pytorch.callbacks import BaseFinetuning
-from torch.optim.lr_scheduler import OneCycleLR
 
 from fastlight.errors import ConfigError
 from fastlight.training.layer_groups import freeze_to, group_lrs, set_lrs
-from fastlight.training.schedules import build_schedule
+from fastlight.training.schedules import OneCycle, build_schedule, optimizer_steps_per_epoch
 
 SCHEDULE_KEYS = ("pct_start", "div", "div_final")
 
@@ -142,7 +141,7 @@ class StagedTraining(BaseFinetuning):
             return
         trainer = pl_module.trainer
         configs = trainer.lr_scheduler_configs
-        if configs and not isinstance(configs[0].scheduler, OneCycleLR):
+        if configs and not isinstance(configs[0].scheduler, OneCycle):
             return  # another tool drives the lr (Lightning's lr finder): leave it alone
         if i > 0 and stage.freeze_to != self.stages[i - 1].freeze_to:
             optimizer.state.clear()  # fastai's freeze_to() clears the optimizer state too
@@ -150,15 +149,10 @@ class StagedTraining(BaseFinetuning):
         self._set_size(trainer, stage)
         if configs:
             schedule = stage.schedule(pl_module.schedule)
-            steps = stage.epochs * self._steps_per_epoch(trainer)
+            steps = stage.epochs * optimizer_steps_per_epoch(trainer)
             configs[0].scheduler = build_schedule(optimizer, schedule.pop("name"), total_steps=steps, **schedule)
 
     # --- helpers ----------------------------------------------------------------------------------
-    @staticmethod
-    def _steps_per_epoch(trainer) -> int:
-        per_call = getattr(trainer.train_dataloader, "steps_per_call", 1)
-        return int(trainer.num_training_batches * per_call)
-
     @staticmethod
     def _set_size(trainer, stage: Stage) -> None:
         if stage.size is None:

@@ -2,10 +2,12 @@
 
 - `item_bias_table`: the movies with the lowest and highest bias, i.e. liked or disliked even by
   people whose taste (factors) should make them like it.
-- `item_pca`, `pca_table`: the movie factors of the most-rated movies on their principal axes,
-  and the movies at each end of each axis (serious classics vs. blockbusters, ...).
+- `item_pca`, `pca_table`, `plot_pca`: the movie factors of the most-rated movies on their
+  principal axes, and the movies at each end of each axis (serious classics vs. blockbusters, ...).
 - `recommend_for_user`, `recommend_for_new_user` (cold start: by bias), `nearest_items` (cosine
   similarity of the factors), and `find_user`/`find_item` to turn what a person types into indices.
+- `write_interpretation`: all of it into the run's `interpretation/` folder and W&B (through
+  `fastlight.interpret.media`); `digest`: the few lines the run prints.
 
 `dm` is a set-up `fastlight.data.collab.CollabData` (titles, id maps, counts); item index 0 is
 the unknown item and never recommended.
@@ -14,12 +16,14 @@ the unknown item and never recommended.
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from fastlight.errors import DataError
+from fastlight.interpret.media import publish_figure, publish_table
 
 PCA_MOVIES = 1000  # the lesson runs PCA on the 1000 most-rated movies: rarely rated ones are noise
 
@@ -134,3 +138,55 @@ def find_item(dm, query: str) -> int:
         raise DataError(f"no movie title in this run's training data matches {query!r}{hint}")
     count, _ = dm.item_counts()
     return max(matches, key=lambda i: int(count[i]))
+
+
+# --- the run folder's interpretation/ -------------------------------------------------------------
+def plot_pca(top: torch.Tensor, coords: torch.Tensor, dm, n: int):
+    """The `n` most-rated movies on the first two components, labelled with their titles."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, safe in sweeps and threads
+
+    fig = Figure(figsize=(12, 12))
+    ax = fig.subplots()
+    x, y = coords[:n, 0].numpy(), coords[:n, 1].numpy()
+    ax.scatter(x, y, s=12)
+    for i, xi, yi in zip(top[:n].tolist(), x, y):
+        ax.text(xi, yi, dm.titles[i], fontsize=8)
+    ax.set(xlabel="PC1", ylabel="PC2", title=f"Movie factors of the {n} most-rated movies (PCA)")
+    return fig
+
+
+def write_interpretation(model, dm, out: Path, n_top: int, n_plot: int, loggers=()) -> dict[str, pd.DataFrame]:
+    """The lesson's interpretation into `out` (CSV tables, pca.png, a readable interpretation.txt)
+    and, with a W&B logger among `loggers`, into W&B."""
+    tables = {}
+    bias = item_bias_table(model, dm, n_top)
+    if bias is not None:
+        tables["item_bias"] = bias
+    top, coords = item_pca(model, dm)
+    tables["pca_components"] = pca_table(top, coords, dm, n_top)
+    publish_figure(loggers, out / "pca.png", plot_pca(top, coords, dm, min(n_plot, len(top))), "interpretation/pca")
+    tables["new_user"] = recommend_for_new_user(model, dm, n_top)
+    most_rated = int(top[0])
+    tables["similar_to_most_rated"] = nearest_items(model, dm, most_rated, n_top)
+    text = []
+    for name, df in tables.items():
+        publish_table(loggers, out / f"{name}.csv", df, f"interpretation/{name}")
+        head = f"{name} (most rated: {dm.titles[most_rated]})" if name == "similar_to_most_rated" else name
+        text += [f"== {head}", df.to_string(index=False, float_format=lambda x: f"{x:.3f}"), ""]
+    (out / "interpretation.txt").write_text("\n".join(text))
+    return tables
+
+
+def digest(tables: dict, dm, out: Path, run_dir: Path) -> str:
+    """A few lines for the terminal; the full tables are in `out`."""
+    s = dm.stats
+    lines = [f"[collab] {s['n_train']} training / {s['n_valid']} validation ratings, {s['n_users']} users, "
+             f"{s['n_items']} items; validation rows with an unseen user or item: {s['valid_rows_unseen']} "
+             f"({s['valid_unseen_users']} users, {s['valid_unseen_items']} items)"]
+    if "item_bias" in tables:
+        b = tables["item_bias"]
+        for end in ("highest", "lowest"):
+            lines.append(f"[collab] {end} bias: " + "; ".join(b[b.end == end].title.head(5)))
+    lines.append(f"[collab] interpretation: {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
+    lines.append(f"[collab] recommend: fastlight recommend {run_dir} --user <id> | --new-user | --like <title>")
+    return "\n".join(lines)

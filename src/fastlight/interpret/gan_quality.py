@@ -1,0 +1,150 @@
+"""Quality numbers for generated images: GAN losses say little about quality (lesson 7), these do.
+
+For MNIST, a small CNN classifier trained once on MNIST's training set (cached under
+`cache_root("mnist_classifier", ...)`) judges the samples:
+  fid         Fréchet distance between the classifier's penultimate features of the samples and of
+              real test digits (FID with a digit classifier instead of Inception; lower is better)
+  confident   share of samples the classifier labels with probability >= 0.9 (digit-like samples)
+  entropy     entropy of the histogram of predicted classes (mode coverage; log 10 = 2.303 is perfect)
+`MnistJudge.reference` gives the same numbers for real digits (held-out training digits against the
+test digits), the value a perfect generator would reach with the same sample size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastlight.data.core import cache_root
+
+CLASSIFIER_VERSION = "cnn-v1"  # bump when the classifier or its training changes: a new cache key
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)), the Fréchet distance of two Gaussians."""
+    from scipy import linalg
+
+    diff = mu1 - mu2
+    covmean, _ = linalg.sqrtm(sigma1 @ sigma2, disp=False)
+    if not np.isfinite(covmean).all():  # a near-singular product: regularise as the FID reference code does
+        eps = np.eye(len(mu1)) * 1e-6
+        covmean = linalg.sqrtm((sigma1 + eps) @ (sigma2 + eps))
+    covmean = covmean.real
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def gaussian_stats(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    f = features.double().cpu().numpy()
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+class MnistClassifier(nn.Module):
+    """28x28 digits in [0, 1] -> 10 logits; `features` is the 128-d layer the Fréchet distance uses."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(32),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(), nn.BatchNorm2d(64),   # 14x14
+            nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.ReLU(), nn.BatchNorm2d(128),  # 7x7
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.head = nn.Linear(128, 10)
+
+    def features(self, x):
+        return self.body(x)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def _key(x: torch.Tensor) -> str:
+    return hashlib.md5(x[:: max(1, len(x) // 997)].numpy().tobytes()).hexdigest()[:10]
+
+
+def train_classifier(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
+                     epochs: int = 2, seed: int = 0) -> tuple[MnistClassifier, float]:
+    """The judge, trained once: Adam + one-cycle, bs 128; returns (model, test accuracy)."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = MnistClassifier()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    bs = 128
+    steps = epochs * math.ceil(len(x) / bs)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), bs):
+            idx = order[i : i + bs]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([model(x_test[i : i + 1000]).argmax(1) for i in range(0, len(x_test), 1000)])
+    return model, float((pred == y_test).float().mean())
+
+
+def cached_classifier(x, y, x_test, y_test) -> tuple[MnistClassifier, float]:
+    """The classifier for these digits from the cache, trained (about a minute on a CPU) if absent."""
+    path = cache_root("mnist_classifier", CLASSIFIER_VERSION) / f"{_key(x)}-{_key(x_test)}.pt"
+    if path.is_file():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model = MnistClassifier()
+        model.load_state_dict(state["state_dict"])
+        return model.eval(), float(state["test_acc"])
+    print(f"[fastlight] training the MNIST judge classifier once (cached at {path})")
+    with torch.inference_mode(False), torch.enable_grad():
+        model, acc = train_classifier(x, y, x_test, y_test)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"state_dict": model.state_dict(), "test_acc": acc}, tmp)
+    tmp.replace(path)
+    print(f"[fastlight] MNIST judge: test accuracy {acc:.4f}")
+    return model, acc
+
+
+class MnistJudge:
+    """Scores images in the GAN's space ([-1, 1], any size) against real test digits."""
+
+    def __init__(self, classifier: MnistClassifier, test_acc: float, real_test: torch.Tensor, real_holdout: torch.Tensor):
+        self.classifier, self.test_acc = classifier.eval(), test_acc
+        self.real_stats = gaussian_stats(self.features_and_probs(real_test)[0])
+        self.holdout = real_holdout  # real digits (same count as the samples) for the reference numbers
+        self._reference: dict | None = None
+
+    @torch.no_grad()
+    def features_and_probs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.classifier.to(images.device)
+        x = (images.float() + 1) / 2  # [-1, 1] -> [0, 1], as the classifier was trained
+        if x.shape[-1] != 28:
+            x = F.interpolate(x, size=(28, 28), mode="bilinear", antialias=True, align_corners=False)
+        feats, probs = [], []
+        for i in range(0, len(x), 500):
+            f = self.classifier.features(x[i : i + 500])
+            feats.append(f.cpu())
+            probs.append(self.classifier.head(f).softmax(1).cpu())
+        return torch.cat(feats), torch.cat(probs)
+
+    def score(self, images: torch.Tensor) -> dict[str, float]:
+        feats, probs = self.features_and_probs(images)
+        conf, pred = probs.max(1)
+        hist = torch.bincount(pred, minlength=10).double() / len(pred)
+        entropy = float(-(hist[hist > 0] * hist[hist > 0].log()).sum())
+        return {
+            "fid": frechet_distance(*gaussian_stats(feats), *self.real_stats),
+            "confident": float((conf >= 0.9).float().mean()),
+            "entropy": entropy,
+        }
+
+    def reference(self) -> dict[str, float]:
+        if self._reference is None:
+            self._reference = self.score(self.holdout)
+        return self._reference

@@ -1,0 +1,172 @@
+"""The fast path for small in-memory tasks: several optimizer steps per Lightning `training_step`.
+
+Why: for the course's small models (MNIST's MLP, collab's dot product, tabular) Lightning's own
+Python per training step costs as much as the model. `TensorBatches` hands a `Chunk` of K batches
+to one `training_step`, which runs K optimizer steps through Lightning's public manual
+optimization (`manual_backward` + `optimizer.step()`), so that cost is paid once per K steps.
+
+What it keeps, and how (the consequences are owned here, in plain sight):
+- one meaning of "step": every `optimizer.step()` advances `trainer.global_step`; `max_steps`
+  cuts a chunk short; the loggers' x-axis (`metrics.csv`'s step, W&B's) is `global_step`, sent as
+  Lightning's documented `step` metric; `StepProgressBar` counts optimizer steps;
+- the per-step hooks: `on_before_backward`, `on_after_backward` and `on_before_optimizer_step`
+  fire once per optimizer step on every callback (they come with manual_backward and step);
+- precision plugins: the chunk runs inside Lightning's autocast context and `manual_backward`;
+- the Trainer keys that count batches (`log_every_n_steps`, an integer `val_check_interval`,
+  an integer `limit_train_batches`) are given in optimizer steps and handed to Lightning in
+  chunks: `plan` picks K as a divisor of each so the translation is exact.
+When the run asks for something the fast path does not do itself, K is 1 and the task trains on
+Lightning's automatic optimization, one batch per step, exactly as any other task:
+gradient clipping, gradient accumulation, several devices (DDP), `fast_dev_run`, the lr finder.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, TQDMProgressBar
+
+from fastlight.data.core import Chunk
+from fastlight.training.schedules import optimizer_steps_per_epoch
+
+COUNTED_IN_STEPS = ("log_every_n_steps", "val_check_interval", "limit_train_batches")
+
+
+def fast_path_blockers(trainer_kwargs: dict, lr_find: bool = False) -> list[str]:
+    """Why this run can't take the fast path (empty: it can)."""
+    t = trainer_kwargs
+    why = []
+    if t.get("gradient_clip_val"):
+        why.append("gradient_clip_val")
+    if (t.get("accumulate_grad_batches") or 1) != 1:
+        why.append("accumulate_grad_batches")
+    if t.get("fast_dev_run"):
+        why.append("fast_dev_run")
+    if str(t.get("devices", 1)) not in ("1", "[0]") or (t.get("num_nodes") or 1) != 1:
+        why.append("devices")
+    if str(t.get("strategy") or "auto") != "auto":
+        why.append("strategy")
+    if lr_find:
+        why.append("lr_find")
+    return why
+
+
+def plan(trainer_kwargs: dict, datamodule, task, lr_find: bool = False) -> dict:
+    """Choose K (optimizer steps per Lightning call) for this run; return the Trainer's kwargs.
+
+    Sets `datamodule.steps_per_call` and `task.automatic_optimization` to match.
+    """
+    kwargs = dict(trainer_kwargs)
+    k = int(getattr(datamodule, "steps_per_call", 1) or 1)
+    if not isinstance(task, FastPath) or fast_path_blockers(kwargs, lr_find):
+        k = 1
+    for key in COUNTED_IN_STEPS:
+        v = kwargs.get(key)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            k = math.gcd(k, v)
+    if hasattr(datamodule, "steps_per_call"):
+        datamodule.steps_per_call = k
+    task.automatic_optimization = k == 1
+    if k > 1:
+        for key in COUNTED_IN_STEPS:
+            v = kwargs.get(key)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                kwargs[key] = v // k
+    return kwargs
+
+
+class FastPath:
+    """Mixin for a `Task` whose data module serves `TensorBatches`: runs a `Chunk` per call."""
+
+    def training_step(self, batch, batch_idx):
+        if self.automatic_optimization:
+            return super().training_step(batch, batch_idx)
+        opt = self.optimizers()
+        sched = self.lr_schedulers()
+        max_steps = self.trainer.max_steps
+        first_step = self.global_step
+        losses = []
+        for b in batch if isinstance(batch, Chunk) else [batch]:
+            if max_steps not in (None, -1) and self.global_step >= max_steps:
+                break
+            loss = self.training_loss(b)
+            opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            opt.step()
+            if sched is not None:
+                sched.step()
+            losses.append(loss.detach())
+        losses = torch.stack(losses)
+        self.check_finite(losses, first_step)  # one sync per chunk, not per step
+        self.log("train/loss", losses.mean(), prog_bar=True)
+        self.log_step_axis()
+        for name, lr in learning_rates(opt).items():
+            self.log(name, lr)
+        return losses.mean()
+
+    def log_step_axis(self) -> None:
+        """Loggers take `step` as their x-axis: optimizer steps, not Lightning calls. As in
+        Lightning's own rows, a row's step is the index of the last optimizer step before it."""
+        if not self.automatic_optimization:
+            self.log("step", max(self.global_step - 1, 0))
+            self.log("epoch", self.current_epoch)
+
+    def on_validation_epoch_end(self):
+        if not self.trainer.sanity_checking:
+            self.log_step_axis()
+
+    def on_test_epoch_end(self):
+        self.log_step_axis()
+
+
+def learning_rates(optimizer) -> dict[str, float]:
+    """Each param group's lr under LearningRateMonitor's names (`lr-AdamW`, `lr-AdamW/group1`)."""
+    opt = getattr(optimizer, "optimizer", optimizer)
+    base = f"lr-{type(opt).__name__}"
+    groups = opt.param_groups
+    if len(groups) == 1 and "name" not in groups[0]:
+        return {base: groups[0]["lr"]}
+    return {f"{base}/{g.get('name', f'pg{i + 1}')}": g["lr"] for i, g in enumerate(groups)}
+
+
+def drop_lr_monitor(callbacks: list, task) -> list:
+    """On the fast path the task logs learning rates itself, on the optimizer-step axis."""
+    if task.automatic_optimization:
+        return callbacks
+    return [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+
+
+class ValidateAtMaxSteps(Callback):
+    """`max_steps` reached mid-epoch: validate before stopping, so the run ends with its metric.
+
+    Lightning itself ends such a run without validating; asking it to stop (`should_stop`) at the
+    last step makes its loop run the validation it runs before any early stop."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps:
+            trainer.should_stop = True
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, counting optimizer steps (on the fast path too, and with gradient
+    accumulation) instead of `training_step` calls; it redraws every `refresh_rate` steps."""
+
+    @property
+    def total_train_batches(self):
+        if math.isinf(self.trainer.num_training_batches):
+            return self.trainer.num_training_batches
+        return optimizer_steps_per_epoch(self.trainer)
+
+    def on_train_epoch_start(self, trainer, *args):
+        super().on_train_epoch_start(trainer, *args)
+        self.epoch_start_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        bar = self.train_progress_bar
+        n = trainer.global_step - self.epoch_start_step
+        total = bar.total or math.inf
+        if not bar.disable and (n - bar.n >= self.refresh_rate or n >= total):
+            bar.n = n
+            bar.refresh()
+            bar.set_postfix(self.get_metrics(trainer, pl_module))

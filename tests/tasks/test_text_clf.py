@@ -1,0 +1,88 @@
+"""The ULMFiT classifier task: the lesson's stages, a planted word learned, the encoder taken from a
+language-model run (weights and vocabulary), a mismatched vocabulary refused, the classify command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fastlight.tasks.text_clf import DISCRIMINATIVE, TextClassifierTask, classify_texts, ulmfit_stages
+from fastlight.training.layer_groups import group_lrs
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+QUIET = ("logger=csv", "callbacks.progress_bar.refresh_rate=0", "trainer.num_sanity_val_steps=0",
+         "trainer.enable_progress_bar=false", "data.n_workers=1")
+LM = ("task=lm", "model=tiny", "data=synthetic", "debug=fast", *QUIET)
+CLF = ("task=text_clf", "model=tiny", "data=synthetic", *QUIET)
+
+
+def summary(run_dir):
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture
+def lm_run(train_run, tmp_path):
+    _, run_dir = train_run(*LM, run_dir=tmp_path / "lm")
+    return run_dir
+
+
+def test_ulmfit_stages_are_the_lessons():
+    stages = ulmfit_stages(2e-2)
+    assert [s.epochs for s in stages] == [1, 1, 1, 2]
+    assert [s.freeze_to for s in stages] == [-1, -2, -3, 0]
+    assert [s.lr if isinstance(s.lr, float) else s.lr[1] for s in stages] == pytest.approx([2e-2, 1e-2, 5e-3, 1e-3])
+    lrs = group_lrs(stages[1].lr, 5)  # slice(lr/2.6**4, lr) over the 5 layer groups: / 2.6 per group
+    assert [lrs[i + 1] / lrs[i] for i in range(4)] == pytest.approx([2.6] * 4)
+    assert lrs[0] == pytest.approx(1e-2 / DISCRIMINATIVE)
+
+
+def test_classifier_learns_the_planted_word(train_run, tmp_path):
+    # From a random encoder, one plain one-cycle: the class is one word ("good"/"bad") among fillers.
+    _, run_dir = train_run(*CLF, "task.stages=null", "trainer.max_epochs=6", "optim.lr=1e-2",
+                           "model.drop_mult=0.1", run_dir=tmp_path / "clf")
+    s = summary(run_dir)
+    assert s["status"] == "completed", s["error"]
+    assert s["metrics"]["val/accuracy"] > 0.9, s["metrics"]  # chance: 0.5
+    labels = classify_texts(run_dir, ["the movie was good and the plot", "a scene of bad music in it"])
+    assert [c for c, _ in labels] == ["pos", "neg"]
+    assert all(0.5 < p <= 1 for _, p in labels)
+
+
+def test_encoder_weights_and_vocab_come_from_the_lm_run(lm_run):
+    from fastlight.data.text.vocab import read_vocab
+    from fastlight.models.awd_lstm import AWDLSTMClassifier
+    from fastlight.tasks.lm import load_lm_run
+
+    vocab = read_vocab(lm_run)
+    model = AWDLSTMClassifier(len(vocab), 2, emb_sz=32, n_hid=64, n_layers=3)
+    task = TextClassifierTask(model, {"name": "adamw", "lr": 1e-2}, {"name": "constant"}, encoder=str(lm_run))
+    task.load_encoder(lm_run, vocab)
+    _, lm_task, _ = load_lm_run(lm_run)
+    theirs = lm_task.model[0].state_dict()
+    for k, v in model[0].module.state_dict().items():
+        assert torch.equal(v, theirs[k]), k
+    with pytest.raises(Exception, match="vocabulary of .* tokens"):
+        task.load_encoder(lm_run, vocab[:-8])
+
+
+def test_three_step_pipeline_runs_from_the_lm_run_folder(lm_run, train_run, tmp_path):
+    # The classifier's data is numericalized with the LM's vocabulary (data.vocab_path follows task.encoder)
+    _, run_dir = train_run(*CLF, "debug=fast", f"task.encoder={lm_run}", run_dir=tmp_path / "clf")
+    s = summary(run_dir)
+    assert s["status"] == "completed", s["error"]
+    assert json.loads((run_dir / "vocab.json").read_text()) == json.loads((lm_run / "vocab.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "summary.json").read_text().splitlines()[:1]]
+    assert rows  # the record exists; the ulmfit stages ran their 5 epochs
+    epochs = {line.split(",")[0] for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]}
+    assert len(epochs) >= 1
+
+
+def test_encoder_from_another_vocabulary_is_one_sentence(lm_run, train_run, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        train_run(*CLF, "debug=fast", f"task.encoder={lm_run}", "data.vocab_path=null", run_dir=tmp_path / "bad")
+    assert exit_info.value.code == 2
+    error = summary(tmp_path / "bad")["error"]
+    assert "task.encoder=" in error and "vocabulary" in error and "\n" not in error
