@@ -18,12 +18,14 @@ imports nothing from here (the dependency goes one way).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
@@ -60,22 +62,19 @@ def _timestamp(value) -> float | None:
     """summary.json times: epoch seconds, or ISO text (local time when it carries no zone)."""
     if isinstance(value, (int, float)):
         return float(value)
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value).timestamp()
-        except ValueError:
-            return None
+    with contextlib.suppress(TypeError, ValueError):
+        return datetime.fromisoformat(value).timestamp()
     return None
 
 
-def _pid_alive(pid) -> bool:
+def _pid_gone(pid) -> bool:
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
-        return False
-    except (PermissionError, OSError, ValueError, TypeError):
-        return True  # exists but not ours, or unknowable: do not call it dead
-    return True
+        return True
+    except (OSError, ValueError, TypeError):  # not ours, or unknowable: not known to be dead
+        pass
+    return False
 
 
 @dataclass
@@ -88,20 +87,15 @@ class Run:
     train_loss: list[tuple[int, float]]  # (step, train/loss) as logged
     config_text: str
 
-    @property
+    @cached_property
     def status(self) -> str:
-        status = self.summary.get("status", "running")
-        if status == "running" and self._died():
-            return "killed"
-        return status
-
-    def _died(self) -> bool:
-        """As `fastlight.tracking.record.observed_status` reads it (that module imports lightning)."""
-        s = self.summary
-        if s.get("pid") and s.get("host") == socket.gethostname() and not _pid_alive(s["pid"]):
-            return True
-        last = self.last_report
-        return last is not None and time.time() - last > STALE_AFTER_S
+        """summary.json's status, but "killed" for a "running" run whose process is gone (this host)
+        or that stopped reporting, as `fastlight.tracking.record.observed_status` reads it."""
+        s, last = self.summary, self.last_report
+        if s.get("status", "running") != "running":
+            return s["status"]
+        gone = s.get("pid") and s.get("host") == socket.gethostname() and _pid_gone(s["pid"])
+        return "killed" if gone or (last is not None and time.time() - last > STALE_AFTER_S) else "running"
 
     @property
     def last_report(self) -> float | None:
@@ -175,36 +169,21 @@ def read_metrics(path: Path) -> tuple[dict[str, list[tuple[int, float]]], list[t
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
         return {}, []
     df = df.apply(pd.to_numeric, errors="coerce")
-    curves = {}
-    if "epoch" in df:
-        for key in (c for c in df.columns if str(c).startswith("val/")):
-            rows = df[["epoch", key]].dropna()
-            if len(rows):
-                curves[key] = [(int(e), float(v)) for e, v in rows.itertuples(index=False)]
+
+    def series(x: str, y: str) -> list[tuple[int, float]]:
+        return [(int(a), float(b)) for a, b in df[[x, y]].dropna().itertuples(index=False)] if x in df else []
+
+    curves = {c: pts for c in df.columns if str(c).startswith("val/") and (pts := series("epoch", c))}
     loss_col = next((c for c in ("train/loss_step", "train/loss") if c in df), None)
-    loss = []
-    if loss_col is not None and "step" in df:
-        rows = df[["step", loss_col]].dropna()
-        loss = [(int(s), float(v)) for s, v in rows.itertuples(index=False)]
-    return curves, loss
+    return curves, series("step", loss_col) if loss_col else []
 
 
 def load_runs(paths: list[Path]) -> list[Run]:
     dirs = find_runs(paths)
     if not dirs:
         raise SystemExit(f"error: no run folders (with a summary.json) under {', '.join(map(str, paths))}")
-    root = Path(*_common_parts(dirs)) if len(dirs) > 1 else dirs[0].parent
+    root = Path(os.path.commonpath(dirs)) if len(dirs) > 1 else dirs[0].parent
     return [load_run(d, str(d.relative_to(root)) or d.name) for d in dirs]
-
-
-def _common_parts(dirs: list[Path]) -> list[str]:
-    common = list(dirs[0].parts)
-    for d in dirs[1:]:
-        n = 0
-        while n < min(len(common), len(d.parts)) and common[n] == d.parts[n]:
-            n += 1
-        common = common[:n]
-    return common or ["/"]
 
 
 def swept_params(runs: list[Run]) -> list[str]:

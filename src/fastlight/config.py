@@ -61,6 +61,41 @@ def check_choices(argv: list[str]) -> None:
                     raise ConfigError(f"{group}={value} is not available for task={task}; choose one of: {', '.join(valid)}")
 
 
+def check_keys(argv: list[str]) -> None:
+    """A `key=value` override whose key is not in the config: one sentence naming the nearest key.
+
+    Hydra refuses it too, in four lines; this composes the config once (the group choices from
+    argv, the first of a sweep's values) and looks each dotted key up.
+    """
+    import difflib
+
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    plain = [a for a in argv if "=" in a and a[0].isalpha() and not a.startswith("hydra.")]
+    keys = [a.split("=", 1)[0] for a in plain if "." in a.split("=", 1)[0]]
+    if not keys:
+        return
+    groups = [a.split(",")[0] for a in argv if "=" in a and "." not in a.split("=", 1)[0]
+              and not a.startswith("~") and "(" not in a]
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = hydra_compose("config", overrides=groups)
+    except Exception:  # a bad group choice: Hydra's own run says so
+        return
+    missing = object()
+    for key in keys:
+        if OmegaConf.select(cfg, key, default=missing) is not missing:
+            continue
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+        if not OmegaConf.is_dict(node):
+            raise ConfigError(f"{key} is not a config key ({parent} has no keys); add one with +{key}=...")
+        near = difflib.get_close_matches(leaf, [str(k) for k in node.keys()], n=1, cutoff=0.6)
+        hint = f"did you mean {parent}.{near[0]}?" if near else f"the keys of {parent} are: {', '.join(map(str, node.keys()))}"
+        raise ConfigError(f"{key} is not a config key; {hint} (a new key is added with +{key}=...)")
+
+
 def _sweep_task(name: str | None) -> str | None:
     """The task a named sweep picks (`- override /task: <task>` in sweeps/sweep/<name>.yaml)."""
     path = ROOT / "sweeps" / "sweep" / f"{name}.yaml"

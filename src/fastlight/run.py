@@ -17,7 +17,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from fastlight.config import CONF_DIR, check_choices, help_text, register, validate
+from fastlight.config import CONF_DIR, check_choices, check_keys, help_text, register, validate
 from fastlight.errors import ConfigError, FastlightError
 
 
@@ -104,7 +104,7 @@ def train(cfg: DictConfig) -> float:
             OmegaConf.to_container(cfg.trainer, resolve=True), datamodule, task, lr_find=cfg.mode == "lr_find"
         )
         callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values() if c is not None]
-        callbacks += [fast_path.ValidateAtMaxSteps(), best, heartbeat, CheckpointTag(task_name, cfg.task._target_)]
+        callbacks += [fast_path.ValidateAtMaxSteps(), fast_path.ResumeInMemoryBatches(), best, heartbeat, CheckpointTag(task_name, cfg.task._target_)]
         callbacks = fast_path.drop_lr_monitor(callbacks, task)
         if not loggers:  # nothing to write learning rates to (logger=none)
             from lightning.pytorch.callbacks import LearningRateMonitor
@@ -247,6 +247,7 @@ def main() -> None:
     register()
     try:
         check_choices(sys.argv[1:])
+        check_keys(sys.argv[1:])
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -6,69 +6,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
-from PIL import Image, ImageDraw
 
 from fastlight.cli import main as fastlight
-
-TINY = "model._target_=tests.tasks.test_vision.tiny_vision_model"
-PLANTED = 3  # squares filed under train/circle: wrong labels the ranking must surface
-N_TRAIN, N_VALID = 32, 8  # per class
-COLOURS = {"circle": (220, 40, 40), "square": (40, 40, 220)}  # each class has its colour: easy to learn
-
-
-def drawn(rng: np.random.Generator, kind: str, px: int = 32) -> Image.Image:
-    """A noisy image of the class's colour with its shape in grey on it."""
-    pixels = np.clip(np.array(COLOURS[kind]) + rng.normal(0, 25, (px, px, 3)), 0, 255).astype(np.uint8)
-    img = Image.fromarray(pixels)
-    r, (cx, cy) = rng.uniform(5, 9), rng.uniform(10, px - 10, 2)
-    box = [cx - r, cy - r, cx + r, cy + r]
-    draw = ImageDraw.Draw(img)
-    (draw.ellipse if kind == "circle" else draw.rectangle)(box, fill=(128, 128, 128))
-    return img
-
-
-def image_folder(root: Path, n_train: int = N_TRAIN, n_valid: int = N_VALID, seed: int = 0) -> Path:
-    """train/ and valid/ with circle/ and square/ folders, and PLANTED squares filed under train/circle."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("valid", n_valid)):
-        for kind in ("circle", "square"):
-            (root / split / kind).mkdir(parents=True)
-            for i in range(n):
-                drawn(rng, kind).save(root / split / kind / f"{kind}_{i}.png")
-    for i in range(PLANTED):
-        drawn(rng, "square").save(root / "train" / "circle" / f"mislabelled_{i}.png")
-    return root
-
-
-def files(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*.png")}
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(run folder, image folder): a tiny from-scratch vision run on the shapes folder."""
-    import torch
-
-    from fastlight.config import compose
-    from fastlight.run import train
-
-    base = tmp_path_factory.mktemp("clean")
-    data = image_folder(base / "images")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cfg = compose(["task=vision", "data=folder", f"data.path={data}", TINY, "logger=csv", "data.size=32",
-                       "data.num_workers=0", "data.batch_size=16", "data.min_scale=0.9", "task.stages=null",
-                       "optim.lr=1e-2", "trainer.max_epochs=4", "callbacks.progress_bar.refresh_rate=0",
-                       "trainer.num_sanity_val_steps=0"], base / "run")
-        train(cfg)
-    finally:
-        torch.set_num_threads(threads)
-    return base / "run", data
+from tests.cli.folders import N_TRAIN, N_VALID, PLANTED, files, image_folder
 
 
 def test_clean_ranks_the_mislabelled_images_first(trained, capsys):
@@ -183,8 +126,8 @@ def test_review_page_marks_filters_remembers_and_exports_decisions_that_apply(tr
     csv_text = browser.js("document.getElementById('csv').value")
     assert csv_text == f"path,action,new_label\n{first},delete,\n{second},relabel,{relabel_to}\n"
     n_valid = int((top.split == "valid").sum())
-    browser.js("(function(){const f = document.getElementById('f-split'); f.value = 'valid';"
-               " f.dispatchEvent(new Event('change'));})()")
+    assert browser.js("(function(){const f = document.getElementById('f-split'); f.value = 'valid';"
+                      " f.dispatchEvent(new Event('change')); return f.value;})()") == "valid"
     assert browser.js("document.querySelectorAll('.card:not(.hidden)').length") == n_valid
     assert browser.js("document.getElementById('shown').textContent") == str(n_valid)
     browser.open(page)  # a reload keeps the marks

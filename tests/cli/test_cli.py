@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-import fastlight.cli as cli
+from fastlight import cli
 
 VERBS = {"compare", "recommend", "predict", "clean"}
 

@@ -3,14 +3,20 @@ contiguous rows, a reshuffle per epoch that the seed fixes, DDP ranks and variab
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from fastlight.data.text.lm import LMStream, SyntheticLM
-from fastlight.data.text.synthetic import forgetful_perplexity, grammar_docs, ideal_perplexity
+from fastlight.data.text.lm import SyntheticLM
+from fastlight.data.text.stream import LMStream
+from fastlight.data.text.synthetic import (
+    forgetful_perplexity,
+    grammar_docs,
+    ideal_perplexity,
+)
 
 
 def numbered_docs(lengths):
@@ -28,7 +34,7 @@ def test_batches_equal_fastais_lm_dataloader():
     data = pytest.importorskip("fastai.text.data")
     lengths = [7, 13, 3, 27, 11, 40, 9]
     ids, offsets = numbered_docs(lengths)
-    docs = [ids[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    docs = [ids[a:b] for a, b in itertools.pairwise(offsets)]
     for bs, seq_len in ((4, 5), (3, 7), (8, 4)):
         theirs = [(x.as_subclass(torch.Tensor), y.as_subclass(torch.Tensor))
                   for x, y in data.LMDataLoader(docs, bs=bs, seq_len=seq_len, shuffle=False)]
@@ -73,7 +79,7 @@ def test_rows_are_contiguous_across_batches_and_targets_shift_by_one():
     for r in range(3):
         assert torch.equal(x[r], stream[r * bl: (r + 1) * bl])  # row r is one stretch of the stream
         assert torch.equal(y[r], stream[r * bl + 1: (r + 1) * bl + 1])
-    for (x0, y0), (x1, _) in zip(batches, batches[1:]):
+    for (x0, y0), (x1, _) in itertools.pairwise(batches):
         assert torch.equal(x1[:, 0], y0[:, -1])  # the next batch starts where this one's targets end
     assert [b[0].shape[1] for b in batches] == [4] * (bl // 4) + ([bl % 4] if bl % 4 else [])
 

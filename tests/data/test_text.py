@@ -9,11 +9,20 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from fastlight.data.text import tokenizer as tk
 from fastlight.data.text.lm import PTB, IMDbSample, TextFiles
 from fastlight.data.text.sources import Corpus, line_tokens, wikitext_articles
-from fastlight.data.text.vocab import FAKE, lookup, make_vocab, numericalize, ranked_types, read_vocab, write_vocab
+from fastlight.data.text.vocab import (
+    FAKE,
+    lookup,
+    make_vocab,
+    numericalize,
+    ranked_types,
+    read_vocab,
+    write_vocab,
+)
 from fastlight.errors import ConfigError, DataError
 
 # Every rule of fastai's defaults, and the corners where two rules meet.
@@ -121,7 +130,7 @@ def test_tokenized_texts_are_cached_and_reread(monkeypatch, tmp_path):
     def no_tokenizing(*args, **kwargs):
         raise AssertionError("the cache was not used")
 
-    monkeypatch.setattr(tk, "tokenize_texts", no_tokenizing)
+    monkeypatch.setattr(tk, "iter_tokenized", no_tokenizing)
     again = tk.tokenize_cached(texts, n_workers=0, progress=False)
     assert again[0] == first[0] and np.array_equal(again[1], first[1]) and np.array_equal(again[2], first[2])
     with pytest.raises(AssertionError):  # other texts: another key
@@ -190,3 +199,53 @@ def test_folder_of_texts_gives_documents_and_a_count_ordered_vocab(tmp_path):
     counts = Counter(d.vocab[i] for i in ids.tolist())
     words = [t for t in d.vocab[len(tk.SPECIAL_TOKENS):] if t != FAKE]
     assert [counts[w] for w in words] == sorted((counts[w] for w in words), reverse=True)
+
+
+def test_missing_corpus_offline_is_one_sentence(tmp_path):
+    with pytest.raises(DataError) as e:
+        PTB(root=str(tmp_path), download=False).setup()
+    msg = one_sentence(e)
+    assert "ptb.train.txt" in msg and str(tmp_path) in msg and "download" in msg
+    with pytest.raises(ConfigError, match="data.train='test' must be train or valid"):
+        PTB(root=str(tmp_path), train="test").setup()
+
+
+def test_synthetic_lm_can_read_the_classifiers_documents():
+    from fastlight.data.text.clas import SyntheticClas
+    from fastlight.data.text.lm import SyntheticLM
+
+    lm, clas = SyntheticLM(kind="planted_word", n_docs=400, batch_size=4), SyntheticClas(n_docs=400)
+    lm.setup()
+    clas.setup()
+    assert lm.vocab == clas.vocab and torch.equal(lm.splits["train"][0], clas.splits["train"][0])
+
+
+def test_imdb_folders_give_the_lessons_splits(tmp_path):
+    from fastlight.data.text.sources import imdb
+
+    root = tmp_path / "imdb" / "aclImdb"
+    for sub, classes in (("train", ("neg", "pos", "unsup")), ("test", ("neg", "pos"))):
+        for c in classes:
+            (root / sub / c).mkdir(parents=True)
+            for i in range(5):
+                (root / sub / c / f"{i}_1.txt").write_text(f"{sub} {c} review {i}")
+    labelled = imdb(tmp_path / "imdb", download=False, labelled=True)
+    assert len(labelled.docs["train"]) == 10 and len(labelled.docs["valid"]) == 10  # test/ validates
+    assert labelled.labels["valid"][:5] == ["neg"] * 5 and all("unsup" not in t for t in labelled.docs["train"])
+    lm = imdb(tmp_path / "imdb", download=False, labelled=False, valid_pct=0.2)
+    assert len(lm.docs["train"]) + len(lm.docs["valid"]) == 25 and len(lm.docs["valid"]) == 5  # unsup too
+
+
+def test_wikitext2_files_in_place_need_no_download(tmp_path):
+    from fastlight.data.text.lm import WikiText2
+
+    folder = tmp_path / "wikitext-2"
+    folder.mkdir()
+    for split in ("train", "valid", "test"):
+        (folder / f"wiki.{split}.tokens").write_text(
+            f" \n = {split} one = \n \n a b <unk> \n = = Sub = = \n c \n = {split} two = \n d e \n")
+    d = WikiText2(root=str(tmp_path), download=False, min_freq=1, batch_size=2, bptt=4)
+    d.setup()
+    assert d.stats["train_docs"] == 2 and d.vocab.index("xxunk") == 0
+    first = [d.vocab[i] for i in d.splits["train"][0][:8].tolist()]
+    assert first == ["xxeos", "=", "train", "one", "=", "xxeos", "xxeos", "a"]

@@ -3,11 +3,20 @@ labels from a CSV or class folders, and one-sentence errors."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 
-from fastlight.data.text.clas import PAD_ID, ClasData, SortedBatches, SyntheticClas, TextFiles, pad_front
+from fastlight.data.text.clas import (
+    PAD_ID,
+    ClasData,
+    SortedBatches,
+    SyntheticClas,
+    TextFiles,
+    pad_front,
+)
 from fastlight.data.text.sources import Corpus
 from fastlight.data.text.vocab import write_vocab
 from fastlight.errors import DataError
@@ -35,7 +44,7 @@ def test_validation_is_sorted_longest_first_as_fastais_sorted_dl():
     lengths = [5, 9, 9, 2, 14, 9, 5, 1, 30, 14]
     ids, offsets, labels = docs_of_lengths(lengths)
     ours = [y.tolist() for _, y in SortedBatches(ids, offsets, labels, 3)]
-    docs = [(ids[a:b], i) for i, (a, b) in enumerate(zip(offsets[:-1], offsets[1:]))]
+    docs = [(ids[a:b], i) for i, (a, b) in enumerate(itertools.pairwise(offsets))]
     dl = data.SortedDL(docs, bs=3, shuffle=False, res=lengths)
     assert [i for b in ours for i in b] == list(dl.get_idxs())  # ties keep their order (a stable sort)
 

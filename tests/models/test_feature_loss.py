@@ -19,7 +19,6 @@ from fastlight.models.feature_loss import FeatureLoss, gram_matrix
 
 @pytest.fixture(scope="module")
 def loss_fn():
-    torch.set_num_threads(1)
     return FeatureLoss(pretrained=False)
 
 
@@ -33,7 +32,7 @@ def test_gram_matrix_on_a_hand_made_tensor():
     torch.testing.assert_close(grams[1], batch[1].reshape(4, 30) @ batch[1].reshape(4, 30).T / 120)
 
 
-def test_feature_loss_is_the_lessons_formula(loss_fn):
+def test_feature_loss_is_the_lessons_formula(loss_fn, one_thread):
     vgg = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"], batch_norm=True).eval()  # vgg16_bn
     missing, _ = vgg.load_state_dict(loss_fn.vgg.state_dict(keep_vars=True), strict=False)  # the loss's weights
     assert missing == []  # the loss's VGG is vgg16_bn's features up to [42]
@@ -58,7 +57,7 @@ def test_feature_loss_is_the_lessons_formula(loss_fn):
     assert set(loss_fn.last_terms) == {"pixel", "feat_0", "feat_1", "feat_2", "gram_0", "gram_1", "gram_2"}
 
 
-def test_feature_loss_is_zero_for_identical_images_and_grows_with_distortion(loss_fn):
+def test_feature_loss_is_zero_for_identical_images_and_grows_with_distortion(loss_fn, one_thread):
     torch.manual_seed(0)
     target = torch.randn(2, 3, 32, 32)
     noise = torch.randn_like(target)
@@ -70,7 +69,7 @@ def test_feature_loss_is_zero_for_identical_images_and_grows_with_distortion(los
     assert blurred > 0
 
 
-def test_vgg_is_frozen_in_eval_and_kept_out_of_checkpoints(loss_fn):
+def test_vgg_is_frozen_in_eval_and_kept_out_of_checkpoints(loss_fn, one_thread):
     holder = nn.Module()
     holder.net, holder.loss = nn.Conv2d(3, 3, 1), loss_fn
     holder.train()

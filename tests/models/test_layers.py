@@ -3,6 +3,8 @@ identity, fastai's init, and ConvLayer / SelfAttention / ResBlock equal to fasta
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,6 +20,9 @@ from fastlight.models.layers import (
     norm_kind,
 )
 from tests.models.oracle import copy_weights, leaf_types, perturb
+
+# fastai still builds its weight norm with torch's deprecated hook
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.nn.utils.weight_norm.*:FutureWarning")
 
 
 @pytest.mark.parametrize("norm_type", [None, "weight", "batch"])
@@ -126,3 +131,19 @@ def test_res_block_starts_as_its_identity_path():
     torch.testing.assert_close(block(x), torch.relu(x), atol=2e-3, rtol=0)
     bottle = ResBlock(8, 8, nh=4)
     assert bottle.convpath[0][0].out_channels == 4 and bottle(x).shape == x.shape
+
+
+def test_critic_style_conv_layer_equals_fastais(one_thread):
+    # what fastai's gan_critic builds: spectral norm, LeakyReLU(0.2), self-attention as `xtra`
+    layers = pytest.importorskip("fastai.layers")
+    leaky = partial(nn.LeakyReLU, negative_slope=0.2)
+    theirs = layers.ConvLayer(8, 16, ks=4, stride=2, act_cls=leaky, norm_type=layers.NormType.Spectral,
+                              xtra=layers.SelfAttention(16))
+    ours = ConvLayer(8, 16, ks=4, stride=2, act_cls=leaky, norm_type="spectral", xtra=SelfAttention(16))
+    assert leaf_types(ours) == leaf_types(theirs)
+    assert ours[1].negative_slope == 0.2
+    perturb(theirs)
+    copy_weights(theirs, ours)
+    x = torch.randn(2, 8, 16, 12)
+    ours.eval(), theirs.eval()
+    torch.testing.assert_close(ours(x), theirs(x).as_subclass(torch.Tensor), atol=1e-5, rtol=1e-5)

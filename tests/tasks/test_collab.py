@@ -125,7 +125,15 @@ def test_interpretation_is_saved_in_the_run_folder_and_logged_to_wandb(train_run
     assert sorted(pca.component.unique()) == ["PC1", "PC2", "PC3"] and len(pca) == 3 * 2 * 5
     assert (out / "pca.png").read_bytes()[:4] == b"\x89PNG"
     s = summary(run_dir)
-    assert s["valid_unseen_users"] >= 0 and s["n_train"] + s["n_valid"] == s["n_ratings"]
+    # the split's numbers, recounted from the raw ratings and fastai's RandomSplitter rows
+    from fastlight.data.split import random_split_indices
+
+    ratings = dm.load()[0].reset_index(drop=True)
+    train_rows, valid_rows = random_split_indices(len(ratings), dm.valid_pct, dm.seed)
+    train_users = set(ratings["user"].iloc[train_rows])
+    assert s["valid_unseen_users"] == len(set(ratings["user"].iloc[valid_rows]) - train_users)
+    assert s["n_users"] == len(train_users) and (s["n_train"], s["n_valid"]) == (len(train_rows), len(valid_rows))
+    assert s["n_train"] + s["n_valid"] == s["n_ratings"] == len(ratings)
     tables = list((run_dir / "wandb").glob("offline-run-*/files/media/table/interpretation/*.table.json"))
     assert {p.name.split("_")[0] for p in tables} >= {"item", "pca", "new"}
     assert list((run_dir / "wandb").glob("offline-run-*/files/media/images/interpretation/*.png"))

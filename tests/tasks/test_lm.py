@@ -133,3 +133,49 @@ def test_lr_scaled_by_sequence_length_with_variable_bptt(tmp_path):
 
 def test_detokenize_applies_fastai_case_tokens():
     assert detokenize("xxbos xxmaj the movie was xxup great , really !".split()) == "The movie was GREAT, really!"
+
+
+# --- through the config, on text-data's synthetic grammar ------------------------------------------
+QUIET = ("logger=csv", "callbacks.progress_bar.refresh_rate=0", "trainer.num_sanity_val_steps=0", "data.n_workers=1")
+SYNTH = ("task=lm", "model=tiny", "data=synthetic", *QUIET)
+
+
+class KillAtEpoch(L.Callback):
+    """Stops the run as Ctrl-C would, at the start of `epoch`."""
+
+    def __init__(self, epoch: int = 1):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def run_summary(run_dir):
+    import json
+
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_run_folder_alone_generates_text(train_run, tmp_path):
+    from fastlight.tasks.lm import generate_text
+
+    _, run_dir = train_run(*SYNTH, "debug=fast", run_dir=tmp_path / "lm")
+    assert (run_dir / "vocab.json").is_file()
+    text = generate_text(run_dir, "xxbos key1 the", words=12, seed=0)
+    assert text.startswith("key1 the") and len(text.split()) >= 8  # punctuation joins its word
+    assert text == generate_text(run_dir, "xxbos key1 the", words=12, seed=0)  # seeded: reproducible
+
+
+@pytest.mark.slow
+def test_killed_lm_run_resumes_to_the_same_perplexity(train_run, tmp_path):
+    budget = (*SYNTH, "trainer.max_epochs=2", "trainer.limit_train_batches=6", "trainer.limit_val_batches=3")
+    _, whole = train_run(*budget, run_dir=tmp_path / "whole")
+    with pytest.raises(SystemExit):
+        train_run(*budget, "+callbacks.kill._target_=tests.tasks.test_lm.KillAtEpoch", run_dir=tmp_path / "killed")
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    assert run_summary(tmp_path / "killed")["status"] == "interrupted" and last.is_file()
+    _, resumed = train_run(*budget, f"ckpt_path={last}", run_dir=tmp_path / "resumed")
+    a, b = run_summary(whole)["metrics"], run_summary(resumed)["metrics"]
+    assert b["val/perplexity"] == pytest.approx(a["val/perplexity"], rel=1e-5)
+    assert b["test/perplexity"] == pytest.approx(a["test/perplexity"], rel=1e-5)

@@ -152,3 +152,26 @@ def test_real_pixel_baseline_matches_the_chapter(train_run, real_data):
                            "model=pixel_similarity", "logger=csv", "callbacks.progress_bar.refresh_rate=0")
     metrics = summary(run_dir)["metrics"]
     assert round(metrics["val/acc_3"], 4) == 0.9168 and round(metrics["val/acc_7"], 4) == 0.9854
+
+
+@pytest.mark.slow  # importing fastai takes ~10-40 s here
+def test_scratch_sgd_takes_fastais_sgd_step():
+    """fastai's own `SGD(mom=0)` (the chapter's `opt_func=SGD`) moves linear1 exactly as optim=scratch_sgd."""
+    pytest.importorskip("fastai")
+    from fastai.optimizer import SGD
+
+    from fastlight.training.optimizers import build_optimizer
+
+    torch.manual_seed(0)
+    ours = Linear1(784, [3, 7])
+    theirs = copy.deepcopy(ours)
+    x, y = torch.rand(64, 784), torch.randint(0, 2, (64,))
+    opt_ours = build_optimizer("scratch_sgd", ours.parameters(), lr=1.0, wd=0.0)
+    opt_theirs = SGD(list(theirs.parameters()), lr=1.0)
+    for model, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+        for _ in range(2):
+            mnist_loss(model(x), is_first(y)).backward()
+            opt.step()
+            opt.zero_grad()
+    torch.testing.assert_close(ours.weights, theirs.weights, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours.bias, theirs.bias, rtol=0, atol=1e-6)

@@ -260,11 +260,10 @@ def test_regression_head_learns_planted_points(train_run):
 
 def test_mixed_precision_bf16_on_cpu(train_run):
     dtypes = "+callbacks.dtypes._target_=tests.tasks.test_vision.RecordOutputDtypes"
-    value, run_dir = train_run(*FAST, *LEARN, "trainer.precision=bf16-mixed", "trainer.max_epochs=4",
-                               "data.n_train=400", dtypes)
+    value, run_dir = train_run(*FAST, *LEARN, "trainer.precision=bf16-mixed", "trainer.max_epochs=6", dtypes)
     # the forward ran in bfloat16 under autocast, the weights stayed float32, and it still learnt
     assert json.loads((run_dir / "dtypes.json").read_text()) == {"output": ["torch.bfloat16"], "weights": ["torch.float32"]}
-    assert value < 0.3  # error rate; chance is 0.75
+    assert value < 0.2  # error rate; chance is 0.75
 
 
 class RecordOutputDtypes(L.Callback):
@@ -314,8 +313,30 @@ def test_resnet18_learns_the_shapes_from_scratch(train_run):
     assert value < 0.15
 
 
+def planted_hymenoptera(source: Path, dest: Path) -> Path:
+    """The real ants/bees jpgs with planted structure: every bee carries a yellow square in its
+    centre (as large as augmentation's crops and rotations leave whole), so a ResNet from scratch
+    can learn in a couple of epochs what it could never learn from ant and bee features alone."""
+    for image in sorted(source.glob("*/*/*.jpg")):
+        out = dest / image.relative_to(source)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        img = Image.open(image).convert("RGB").resize((96, 96))
+        if out.parent.name == "bees":
+            img.paste((255, 220, 0), (30, 30, 66, 66))
+        img.save(out, quality=90)
+    return dest
+
+
 @pytest.mark.slow
-def test_hymenoptera_fine_tunes_end_to_end(train_run, real_data):
-    value, run_dir = train_run("task=vision", "data=folder", f"data.path={real_data / 'hymenoptera'}", "data.size=64",
-                               "model.arch=resnet18", "model.pretrained=false", "logger=csv", "trainer.max_epochs=1")
-    assert 0 <= value <= 1 and (run_dir / "interpretation" / "confusion_matrix.png").is_file()
+def test_hymenoptera_fine_tunes_end_to_end(train_run, real_data, tmp_path):
+    path = planted_hymenoptera(real_data / "hymenoptera", tmp_path / "hymenoptera")
+    n_val = {c: len(list((path / "val" / c).glob("*.jpg"))) for c in ("ants", "bees")}
+    value, run_dir = train_run("task=vision", "data=folder", f"data.path={path}", "data.size=64",
+                               "model.arch=resnet18", "model.pretrained=false", "logger=csv", "trainer.max_epochs=2",
+                               "data.batch_size=16")  # 15 steps an epoch, not 3
+    majority = min(n_val.values()) / sum(n_val.values())  # 0.46: always answering "bees"
+    assert value < majority - 0.25  # fine_tune's frozen then unfrozen stages learnt the planted mark
+    interp = json.loads((run_dir / "summary.json").read_text())["interpretation"]
+    assert (run_dir / "interpretation" / "confusion_matrix.png").is_file()
+    errors = sum(n for _, _, n in interp["most_confused"])
+    assert errors == round(value * sum(n_val.values()))  # the confusion matrix is the validation set's

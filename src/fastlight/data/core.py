@@ -45,6 +45,9 @@ class TensorBatches:
       batches (DDP needs that: a rank with one batch more would wait forever for the others).
     - `steps_per_call > 1`: yield `Chunk`s of that many batches (training only; see
       `fastlight.training.fast_path`).
+    - resumable: `state_dict`/`load_state_dict` (Lightning calls them for loaders that have them)
+      record how many batches of which epoch were trained, so a run resumed from a checkpoint
+      saved mid-epoch carries on with the batches an uninterrupted run would see next.
     """
 
     def __init__(
@@ -69,6 +72,17 @@ class TensorBatches:
         self.drop_last = drop_last
         self.trainer = trainer
         self.epochs_started = 0  # the epoch when no trainer is attached
+        self.skip: tuple[int, int] | None = None  # (epoch, Lightning batches already trained)
+
+    def state_dict(self) -> dict:
+        if self.trainer is None:
+            return {}
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": self.trainer.current_epoch, "batches": int(done)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.skip = (int(state["epoch"]), int(state["batches"]))
 
     def _rank_world(self) -> tuple[int, int]:
         t = self.trainer
@@ -110,6 +124,15 @@ class TensorBatches:
             yield tuple(t[i * bs : (i + 1) * bs] for t in data)
 
     def __iter__(self):
+        skip = 0
+        if self.skip is not None and self.trainer is not None and self.skip[0] == self.trainer.current_epoch:
+            skip = self.skip[1]
+        self.skip = None
+        for i, item in enumerate(self._calls()):
+            if i >= skip:
+                yield item
+
+    def _calls(self):
         if self.steps_per_call == 1:
             yield from self._batches()
             return

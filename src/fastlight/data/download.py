@@ -16,13 +16,14 @@ import logging
 import os
 import re
 import shutil
-import socket
 import sys
 import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from tqdm import tqdm
 
 from fastlight.errors import DataError
 
@@ -64,72 +65,41 @@ def _quiet_pooch():
         logger.setLevel(level)
 
 
-class _Bar:
-    """pooch's progress-bar protocol (total, update, reset, close) on a tqdm bar made once the size
-    is known; off when stderr is not a terminal (tqdm's disable=None), gone when done (leave=False)."""
+class _Bar(tqdm):
+    """The progress bar pooch drives (it sets `total`, then update/reset/close): off when stderr is
+    not a terminal (disable=None), gone when done (leave=False)."""
 
     def __init__(self, name: str):
-        self.name, self.bar = name, None
+        super().__init__(unit="B", unit_scale=True, unit_divisor=1024, desc=name, file=sys.stderr, disable=None,
+                         leave=False)
 
-    @property
-    def total(self):
-        return self.bar.total if self.bar is not None else None
-
-    @total.setter
-    def total(self, size: int) -> None:
-        from tqdm import tqdm
-
-        self.close()
-        self.bar = tqdm(total=size or None, unit="B", unit_scale=True, unit_divisor=1024, desc=self.name,
-                        file=sys.stderr, disable=None, leave=False)
-
-    def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def reset(self) -> None:
-        if self.bar is not None:
-            self.bar.reset()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+    def __bool__(self) -> bool:  # pooch asks `if progressbar:`; a tqdm with no total yet says False
+        return True
 
 
-def _causes(e: BaseException):
-    """e and what it was raised from, including the reasons requests/urllib3 keep in their args."""
-    seen, todo = set(), [e]
-    while todo:
-        x = todo.pop(0)
-        if id(x) in seen:
-            continue
-        seen.add(id(x))
-        yield x
-        todo += [c for c in (x.__cause__, x.__context__, getattr(x, "reason", None)) if isinstance(c, BaseException)]
-        todo += [a for a in getattr(x, "args", ()) if isinstance(a, BaseException)]
+# What requests/urllib3 say (somewhere in their long messages) -> what a user needs to read.
+REASONS = (
+    ("Connection refused", "connection refused"),
+    ("NameResolutionError", "the host name could not be resolved (no network?)"),
+    ("Name or service not known", "the host name could not be resolved (no network?)"),
+    ("IncompleteRead", "connection closed before the whole file arrived"),
+)
 
 
 def _why(e: BaseException, remote: Remote, timeout: float) -> str:
     """A short, single-line reason for a failed download."""
     import requests
 
-    if isinstance(e, ValueError) and remote.md5 and "hash" in str(e):  # pooch's checksum mismatch
-        got = re.search(r"got ([0-9a-fA-F]{32})", str(e))
+    text = str(e)
+    if isinstance(e, ValueError) and remote.md5 and "hash" in text:  # pooch's checksum mismatch
+        got = re.search(r"got ([0-9a-fA-F]{32})", text)
         return (f"checksum mismatch, {remote.name} download was corrupt "
                 f"(expected md5 {remote.md5}" + (f", got {got.group(1)})" if got else ")"))
     if isinstance(e, requests.HTTPError) and e.response is not None:
         return f"HTTP {e.response.status_code} {e.response.reason}"
-    for cause in _causes(e):
-        if isinstance(cause, (requests.Timeout, socket.timeout, TimeoutError)):
-            return f"timed out after {timeout:g} s"
-        if isinstance(cause, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(cause, socket.gaierror):
-            return "the host name could not be resolved (no network?)"
-        if isinstance(cause, requests.exceptions.ChunkedEncodingError) or "IncompleteRead" in type(cause).__name__:
-            return "connection closed before the whole file arrived"
-    return " ".join(str(e).split())[:200] or type(e).__name__
+    if isinstance(e, (requests.Timeout, TimeoutError)):
+        return f"timed out after {timeout:g} s"
+    return next((why for marker, why in REASONS if marker in text), " ".join(text.split())[:200] or type(e).__name__)
 
 
 def _fetch_one(folder: Path, remote: Remote, timeout: float) -> str | None:

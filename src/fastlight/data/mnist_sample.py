@@ -35,7 +35,7 @@ from fastlight.errors import ConfigError, DataError
 
 # fastai's archives and its own check of them: (size in bytes, md5 of the first MiB), as
 # fastai.data.download_checks lists them. fastai publishes no md5 of the whole file.
-FASTAI_SAMPLE = "https://s3.amazonaws.com/fast-ai-sample/"
+MIRRORS_FASTAI = ("https://s3.amazonaws.com/fast-ai-sample/", "https://files.fast.ai/data/examples/")
 ARCHIVES = {
     "mnist_sample": (3214948, "2dbc7ec6f9259b583af0072c55816a88"),
     "mnist_tiny": (342207, "56143e8f24db90d925d82a5a74141875"),
@@ -97,7 +97,8 @@ class DigitFolders(DigitsData):
                  download: bool = True, train: str = "train", valid: str = "valid", **kwargs):
         super().__init__(**kwargs)
         if path is None and name not in ARCHIVES:
-            raise ConfigError(f"data.name={name!r} has no download; choose one of {', '.join(ARCHIVES)} or give data.path")
+            raise ConfigError(
+                f"data.name={name!r} has no download; choose one of {', '.join(ARCHIVES)} or give data.path")
         self.name, self.explicit = name, path is not None
         self.folder = Path(path).expanduser() if path is not None else data_root(root) / name
         self.download, self.splits = download, (train, valid)
@@ -107,7 +108,8 @@ class DigitFolders(DigitsData):
             return  # a given path is checked, folder by folder, when it is read
         size, md5 = ARCHIVES[self.name]
         archive = f"{self.name}.tgz"
-        paths = fetch(self.folder, [Remote(archive, (FASTAI_SAMPLE + archive,), None)], dataset=self.name.upper(),
+        remote = Remote(archive, tuple(m + archive for m in MIRRORS_FASTAI), None)  # checked below, fastai's way
+        paths = fetch(self.folder, [remote], dataset=self.name.upper(),
                       how_to=f"put fastai's {archive} (or its extracted train/ and valid/ folders) there",
                       download=self.download)
         got = fastai_check(paths[archive])

@@ -288,10 +288,11 @@ class CamVidData(SegmentationData):
 
 
 class SyntheticSegmentationData(SegmentationBase):
-    """The twin with planted structure: shapes on a background, each pixel labelled by its shape,
-    and a 2-pixel void frame round the picture that the metrics must ignore."""
+    """The twin with planted structure: shapes on a dark background, each pixel labelled by its shape
+    (each kind drawn in its own hue, jittered), and a 2-pixel void frame that the metrics must ignore."""
 
     CODES = ["background", "circle", "square", "triangle", "cross", "Void"]
+    COLOURS = [(230, 80, 80), (80, 220, 80), (90, 110, 240), (230, 220, 90)]  # a hue per kind, jittered
 
     def __init__(self, n_train: int = 256, n_valid: int = 64, image_px: int = 32, size=32, batch_size=16,
                  num_workers: int = 0, **kwargs):
@@ -307,7 +308,8 @@ class SyntheticSegmentationData(SegmentationBase):
         for kind in rng.sample(KINDS, rng.randint(1, 2)):
             r = rng.uniform(0.15, 0.28) * px
             cx, cy = (rng.uniform(r, px - r) for _ in range(2))
-            draw_shape(ImageDraw.Draw(img), kind, cx, cy, r, tuple(rng.randint(150, 255) for _ in range(3)))
+            base = self.COLOURS[KINDS.index(kind)]
+            draw_shape(ImageDraw.Draw(img), kind, cx, cy, r, tuple(min(255, c + rng.randint(-40, 40)) for c in base))
             draw_shape(ImageDraw.Draw(mask), kind, cx, cy, r, KINDS.index(kind) + 1)
         ImageDraw.Draw(mask).rectangle([0, 0, px - 1, px - 1], outline=len(self.CODES) - 1, width=2)
         return img, mask

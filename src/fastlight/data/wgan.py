@@ -135,7 +135,7 @@ class MnistGan(ImageGanData):
             from fastlight.interpret.gan_quality import MnistJudge, cached_classifier
 
             x, y, xt, yt = self._labelled
-            clf, acc = cached_classifier(x.float() / 255, y, xt.float() / 255, yt)
+            clf, acc = cached_classifier(x, y, xt, yt)
             g = torch.Generator().manual_seed(self.seed)
             holdout = self.train[torch.randperm(len(self.train), generator=g)[: self.n_quality]]
             self.judge = MnistJudge(clf, acc, self.to_model(self.valid), self.to_model(holdout))

@@ -1,6 +1,6 @@
 """Quality numbers for generated images: GAN losses say little about quality (lesson 7), these do.
 
-For MNIST, a small CNN classifier trained once on MNIST's training set (cached under
+For MNIST, a small CNN classifier (32 px) trained once on MNIST's training set (cached under
 `cache_root("mnist_classifier", ...)`) judges the samples:
   fid         Fréchet distance between the classifier's penultimate features of the samples and of
               real test digits (FID with a digit classifier instead of Inception; lower is better)
@@ -22,7 +22,7 @@ from torch import nn
 
 from fastlight.data.core import cache_root
 
-CLASSIFIER_VERSION = "cnn-v1"  # bump when the classifier or its training changes: a new cache key
+CLASSIFIER_VERSION = "cnn32-v2"  # bump when the classifier or its training changes: a new cache key
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -43,15 +43,29 @@ def gaussian_stats(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(0), np.cov(f, rowvar=False)
 
 
+JUDGE_SIZE = 32  # the judge sees 32 px digits, the usual WGAN size: no resize round trip there
+
+
+def to_judge(x: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] (n, 1, h, w) at any size -> the judge's 32 px input."""
+    if x.shape[-1] != JUDGE_SIZE or x.shape[-2] != JUDGE_SIZE:
+        x = F.interpolate(x, size=(JUDGE_SIZE, JUDGE_SIZE), mode="bilinear", antialias=True, align_corners=False)
+    return x
+
+
 class MnistClassifier(nn.Module):
-    """28x28 digits in [0, 1] -> 10 logits; `features` is the 128-d layer the Fréchet distance uses."""
+    """32x32 digits in [0, 1] -> 10 logits; `features` is the 128-d layer the Fréchet distance uses."""
 
     def __init__(self):
         super().__init__()
+
+        def block(ni, nf, stride):
+            return [nn.Conv2d(ni, nf, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(nf), nn.ReLU()]
+
         self.body = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(32),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(), nn.BatchNorm2d(64),   # 14x14
-            nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.ReLU(), nn.BatchNorm2d(128),  # 7x7
+            *block(1, 32, 1), *block(32, 32, 2),      # 16x16
+            *block(32, 64, 1), *block(64, 64, 2),     # 8x8
+            *block(64, 128, 2),                       # 4x4
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
         self.head = nn.Linear(128, 10)
@@ -69,20 +83,24 @@ def _key(x: torch.Tensor) -> str:
 
 def train_classifier(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
                      epochs: int = 2, seed: int = 0) -> tuple[MnistClassifier, float]:
-    """The judge, trained once: Adam + one-cycle, bs 128; returns (model, test accuracy)."""
+    """The judge, trained once on 32 px digits in [0, 1]: Adam + one-cycle, bs 128, random shifts
+    of up to 2 px (so slightly misplaced strokes in samples are still read); returns (model, test acc)."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = MnistClassifier()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
     bs = 128
     steps = epochs * math.ceil(len(x) / bs)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-3, total_steps=steps)
+    padded = F.pad(x, (2, 2, 2, 2))
     model.train()
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), bs):
             idx = order[i : i + bs]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            dy, dx = torch.randint(0, 5, (2,), generator=g).tolist()
+            xb = padded[idx, :, dy : dy + x.shape[-2], dx : dx + x.shape[-1]]
+            loss = F.cross_entropy(model(xb), y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -94,7 +112,7 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, y_t
 
 
 def cached_classifier(x, y, x_test, y_test) -> tuple[MnistClassifier, float]:
-    """The classifier for these digits from the cache, trained (about a minute on a CPU) if absent."""
+    """The judge for these digits (uint8, 28 px) from the cache, trained (minutes on a CPU) if absent."""
     path = cache_root("mnist_classifier", CLASSIFIER_VERSION) / f"{_key(x)}-{_key(x_test)}.pt"
     if path.is_file():
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -103,7 +121,7 @@ def cached_classifier(x, y, x_test, y_test) -> tuple[MnistClassifier, float]:
         return model.eval(), float(state["test_acc"])
     print(f"[fastlight] training the MNIST judge classifier once (cached at {path})")
     with torch.inference_mode(False), torch.enable_grad():
-        model, acc = train_classifier(x, y, x_test, y_test)
+        model, acc = train_classifier(to_judge(x.float() / 255), y, to_judge(x_test.float() / 255), y_test)
     tmp = path.with_suffix(".tmp")
     torch.save({"state_dict": model.state_dict(), "test_acc": acc}, tmp)
     tmp.replace(path)
@@ -123,9 +141,7 @@ class MnistJudge:
     @torch.no_grad()
     def features_and_probs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.classifier.to(images.device)
-        x = (images.float() + 1) / 2  # [-1, 1] -> [0, 1], as the classifier was trained
-        if x.shape[-1] != 28:
-            x = F.interpolate(x, size=(28, 28), mode="bilinear", antialias=True, align_corners=False)
+        x = to_judge((images.float() + 1) / 2)  # [-1, 1] -> [0, 1] at 32 px, as the judge was trained
         feats, probs = [], []
         for i in range(0, len(x), 500):
             f = self.classifier.features(x[i : i + 500])

@@ -5,7 +5,8 @@
 - `Embedding`: `nn.Embedding` initialised as fastai does, from a normal distribution folded
   into (-2, 2) by `fmod` and scaled to std 0.01, so every score starts near zero.
 - `sigmoid_range`: squash a score into (lo, hi); with y_range=(0, 5.5) for 1-5 stars the
-  model can predict a 5 without its weights running off to infinity (lesson 4).
+  model can predict a 5 without its weights running off to infinity (lesson 4). `SigmoidRange`,
+  its module, is fastai's `y_range` layer for every model here (collab, tabular, the vision head).
 """
 
 from __future__ import annotations

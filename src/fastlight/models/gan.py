@@ -195,3 +195,17 @@ def mlp_gan(n_dim: int = 2, noise_size: int = 8, hidden: int = 128, n_layers: in
         return nn.Sequential(*layers, *([final] if final else []))
 
     return GANModel(mlp(noise_size, n_dim), mlp(n_dim, 1), noise_size)
+
+
+def unet_gan(arch: str = "resnet34", n_out: int = 3, pretrained: bool = True, weights_path: str | None = None,
+             blur: bool = True, self_attention: bool = True, y_range=(-3.0, 3.0), norm_type: str | None = "weight",
+             img_size: int = 128, critic_nf: int = 128, critic_blocks: int = 3, critic_p: float = 0.15,
+             encoder: nn.Sequential | None = None) -> GANModel:
+    """lesson7-superres-gan's pair: fastai's DynamicUnet generator (blur, self-attention, weight norm,
+    y_range (-3, 3)) and `gan_critic`. The U-Net's keys stay at the top level of the config so that
+    commands rebuilding a run can switch `pretrained` off (the checkpoint holds every weight)."""
+    from fastlight.models.unet import DynamicUnet
+
+    gen = DynamicUnet(arch=arch, n_out=n_out, pretrained=pretrained, weights_path=weights_path, img_size=img_size,
+                      blur=blur, self_attention=self_attention, y_range=y_range, norm_type=norm_type, encoder=encoder)
+    return GANModel(gen, gan_critic(n_out, critic_nf, critic_blocks, critic_p))

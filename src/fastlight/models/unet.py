@@ -11,7 +11,8 @@
 The skip connections are found the way fastai finds them: a dummy image is run through the encoder and
 every layer whose output has a different spatial size from the next layer's is a skip (for ResNets:
 relu /2, layer1 /4, layer2 /8, layer3 /16; layer4 /32 is the bottom). The forward pass walks the
-encoder and keeps those outputs, so no hooks stay attached to the model (it pickles and copies cleanly).
+encoder and keeps those outputs, so no hooks stay attached to the model (it deep-copies cleanly; save it
+through its state_dict: torch refuses to pickle weight-/spectral-normalised layers whole).
 
 `residual=True` goes beyond fastai: the U-Net predicts a correction added to its input
 (out = x + gate * unet(x), gate a learned scalar starting at 0), so a restoration model starts at the
@@ -109,14 +110,17 @@ class DynamicUnet(nn.Module):
 
     `norm_type` defaults to fastai's DynamicUnet default (None: plain convs with bias); the lesson's
     restoration models use "weight". `img_size` is only the dummy image's size: any input size works.
+    `encoder` replaces the ResNet by any `nn.Sequential` (tests use tiny ones); `split` is where its first
+    layer group ends.
     """
 
     def __init__(self, arch: str = "resnet34", n_out: int = 3, pretrained: bool = False,
                  weights_path: str | None = None, img_size=(128, 128), blur: bool = False, blur_final: bool = True,
                  self_attention: bool = False, y_range=None, last_cross: bool = True, bottle: bool = False,
                  norm_type: str | None = None, residual: bool = False, act_cls=nn.ReLU,
-                 init=nn.init.kaiming_normal_, encoder: nn.Sequential | None = None):
+                 init=nn.init.kaiming_normal_, encoder: nn.Sequential | None = None, split: int = RESNET_SPLIT):
         super().__init__()
+        self.split = int(split)
         norm_type = norm_kind(norm_type)
         img_size = (int(img_size), int(img_size)) if isinstance(img_size, (int, float)) else tuple(map(int, img_size))
         if encoder is None:
@@ -190,5 +194,8 @@ class DynamicUnet(nn.Module):
         return nn.ModuleList([p for p in parts if p is not None])
 
     def layer_groups(self) -> list[nn.Module]:
-        """fastai's ResNet split: encoder[:6] (stem, layer1, layer2), encoder[6:] (layer3, layer4), decoder."""
-        return [self.encoder[:RESNET_SPLIT], self.encoder[RESNET_SPLIT:], self.decoder()]
+        """fastai's ResNet split: encoder[:6] (stem, layer1, layer2), encoder[6:] (layer3, layer4), decoder.
+        An encoder too short to split is one group."""
+        if len(self.encoder) <= self.split:
+            return [self.encoder, self.decoder()]
+        return [self.encoder[: self.split], self.encoder[self.split :], self.decoder()]

@@ -75,10 +75,14 @@ class LanguageModelTask(Task):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["vocab"] = self.vocab
+        # The dropout masks of a resumed run are then those an unbroken run would have drawn.
+        checkpoint["torch_rng_state"] = torch.get_rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if checkpoint.get("vocab") is not None:
             self.vocab = list(checkpoint["vocab"])
+        if checkpoint.get("torch_rng_state") is not None:
+            torch.set_rng_state(checkpoint["torch_rng_state"])
 
     # --- training -------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
@@ -223,11 +227,15 @@ PRETOKENIZED = ("PTB", "WikiText2", "SyntheticLM", "SyntheticClas")
 
 def prompt_tokens(cfg, text: str) -> list[str]:
     """`text` tokenized as the run's corpus was (fastai's rules, or a whitespace split)."""
+    return texts_tokens(cfg, [text])[0]
+
+
+def texts_tokens(cfg, texts: list[str]) -> list[list[str]]:
     from fastlight.data.text.tokenizer import tokenize_texts_here
 
     if _pretokenized(cfg):
-        return ["xxunk" if w == "<unk>" else w for w in text.split()]
-    return tokenize_texts_here([text])[0]
+        return [["xxunk" if w == "<unk>" else w for w in text.split()] for text in texts]
+    return tokenize_texts_here(list(texts))
 
 
 def _pretokenized(cfg) -> bool:

@@ -73,6 +73,11 @@ class MnistBasicsTask(Task):
         if self.baseline:
             self.model.reset()  # the means of this epoch's images, once each
 
+    def on_train_epoch_end(self):
+        if self.baseline and self.trainer.world_size > 1:  # DDP: each rank saw its own shard of the images
+            self.model.sums.copy_(self.all_gather(self.model.sums).sum(0))
+            self.model.counts.copy_(self.all_gather(self.model.counts).sum(0))
+
     def configure_optimizers(self):
         if self.baseline:  # nothing to optimize (its recipe drops the lr monitor, which needs an optimizer)
             warnings.filterwarnings("ignore", message=".*configure_optimizers. returned .None.")  # that is the point
@@ -98,14 +103,17 @@ class MnistBasicsTask(Task):
         self._sums["seen"].index_add_(0, y, torch.ones_like(correct))
 
     def _end(self, stage: str) -> None:
-        correct, seen = self._sums["correct"], self._sums["seen"]
+        sums = self._sums
+        if self.trainer.world_size > 1:  # DDP: count every rank's images
+            sums = {k: self.all_gather(v).sum(0) for k, v in sums.items()}
+        correct, seen = sums["correct"], sums["seen"]
         acc = correct.sum() / seen.sum().clamp(min=1)
         self.log(f"{stage}/acc", acc, prog_bar=True)
         for digit, c, n in zip(self.digits, correct, seen):
             self.log(f"{stage}/acc_{digit}", c / n.clamp(min=1))
         row = {"epoch": self.current_epoch, "acc": float(acc)}
         if not self.baseline:
-            loss = self._sums["loss"] / seen.sum().clamp(min=1)
+            loss = sums["loss"] / seen.sum().clamp(min=1)
             self.log(f"{stage}/loss", loss, prog_bar=True)
             row["loss"] = float(loss)
         if stage == "val" and not self.trainer.sanity_checking:

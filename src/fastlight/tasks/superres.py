@@ -42,7 +42,7 @@ def image_metrics() -> MetricCollection:
     return MetricCollection({"psnr": psnr, "ssim": StructuralSimilarityIndexMeasure(data_range=1.0)})
 
 
-def make_grid_image(rows: list[tuple[torch.Tensor, ...]]) -> "numpy.ndarray":  # noqa: F821
+def make_grid_image(rows: list[tuple[torch.Tensor, ...]]):
     """rows of same-sized [0, 1] CHW images -> one HWC uint8 picture, one row per example."""
     from torchvision.utils import make_grid
 
@@ -117,7 +117,7 @@ class SuperResTask(Task):
             for name, metric in metrics.items():
                 self.log(f"{stage}/{name}{kind}", metric, batch_size=n, prog_bar=stage == "val" and name == "psnr"
                          and not kind)
-        dm = self.trainer.datamodule if self._trainer is not None else None
+        dm = self.trainer.datamodule
         if getattr(dm, "degrade", None) == "bicubic":
             b = dm.scale
             for kind, img in (("", pred), ("_input", inp)):
@@ -197,6 +197,7 @@ def tiled(model: nn.Module, x: torch.Tensor, tile: int = 256, overlap: int = 32)
     if h <= tile and w <= tile:
         return model(x)
     out = None
+    overlap = min(overlap, tile // 4)  # each tile keeps at least its central half
     step = tile - 2 * overlap
     for top in range(0, h, step):
         for left in range(0, w, step):

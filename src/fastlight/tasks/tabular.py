@@ -119,6 +119,7 @@ class TabularTask(FastPath, Task):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tabular"] = {"procs": self.procs.state_dict(), "dims": self.model_dims()}
+        checkpoint["model_dims"] = self.model_dims()  # the model rebuilds from the checkpoint alone, without data
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "tabular" not in checkpoint:

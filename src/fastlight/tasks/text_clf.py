@@ -158,11 +158,11 @@ def load_clf_run(run_dir: str | Path, ckpt: str = "best"):
 def classify_texts(run_dir: str | Path, texts: list[str], batch_size: int = 32,
                    ckpt: str = "best") -> list[tuple[str, float]]:
     """(class, probability) for each text, tokenized and numericalized as the run's data was."""
-    from fastlight.tasks.lm import prompt_tokens
+    from fastlight.tasks.lm import texts_tokens
 
     cfg, task, vocab, classes = load_clf_run(run_dir, ckpt)
     stoi = {w: i for i, w in enumerate(vocab)}
-    docs = [[stoi.get(t, 0) for t in prompt_tokens(cfg, text)] or [0] for text in texts]
+    docs = [[stoi.get(t, 0) for t in tokens] or [0] for tokens in texts_tokens(cfg, texts)]
     order = sorted(range(len(docs)), key=lambda i: -len(docs[i]))  # similar lengths: little padding
     out: list[tuple[str, float]] = [("", 0.0)] * len(docs)
     for start in range(0, len(order), batch_size):

@@ -242,9 +242,9 @@ class WganTask(L.LightningModule):
         opt = opt_c if critic_turn else opt_g
         self.toggle_optimizer(opt)  # requires_grad only on the model that trains now
         loss = self.critic_loss(real) if critic_turn else self.generator_loss(real)
-        opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         opt.step()
+        opt.zero_grad(set_to_none=True)  # gradients live only between backward and step
         if critic_turn and self.penalty == "clip":
             clip_weights(self.model.critic, self.clip)
         self.untoggle_optimizer(opt)
@@ -315,3 +315,8 @@ def generate(run_dir: str | Path, n: int = 64, out: str | Path | None = None, se
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image_grid(samples, nrow=max(1, int(round(n**0.5))))).save(out)
     return out
+
+
+def generate_command(args) -> Path:
+    """`fastlight generate` for wgan runs (see fastlight.cli.generate)."""
+    return generate(args.run_dir, n=args.n, out=args.out, seed=args.seed, ckpt=args.ckpt)

@@ -137,6 +137,26 @@ def drop_lr_monitor(callbacks: list, task) -> list:
     return [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
 
 
+class ResumeInMemoryBatches(Callback):
+    """A resume from a mid-epoch checkpoint continues with the batches an unbroken run would see.
+
+    `TensorBatches` records its position (`state_dict`); Lightning builds the training loader before
+    it restores a checkpoint, so this hands the saved position to the loader when training starts."""
+
+    def __init__(self):
+        self.state = None
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        states = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader")
+        self.state = states[0] if states else None
+
+    def on_train_start(self, trainer, pl_module):
+        loader = trainer.train_dataloader
+        if self.state and hasattr(loader, "load_state_dict"):
+            loader.load_state_dict(self.state)
+        self.state = None
+
+
 class ValidateAtMaxSteps(Callback):
     """`max_steps` reached mid-epoch: validate before stopping, so the run ends with its metric.
 

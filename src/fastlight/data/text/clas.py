@@ -19,6 +19,7 @@ written to `<run>/classes.json`); `dims = {"vocab_size", "n_classes"}` for the m
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -51,7 +52,7 @@ class SortedBatches:
     def __init__(self, ids: torch.Tensor, offsets: np.ndarray, labels: torch.Tensor, batch_size: int,
                  shuffle: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1, epoch_fn=None):
         offsets = np.asarray(offsets)
-        self.docs = [ids[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+        self.docs = [ids[a:b] for a, b in itertools.pairwise(offsets)]
         self.lengths = np.diff(offsets)
         self.labels, self.batch_size, self.shuffle, self.seed = labels, int(batch_size), shuffle, int(seed)
         self.rank, self.world_size, self.epoch_fn = int(rank), int(world_size), epoch_fn

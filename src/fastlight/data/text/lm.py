@@ -1,119 +1,24 @@
-"""The language-model stream (fastai's `LMDataLoader`, AWD-LSTM's `batchify` + `get_batch`).
-
-Each training epoch the documents are shuffled (a permutation drawn from (seed, epoch), so a run
-resumed at an epoch boundary sees what an unbroken one would), concatenated into one stream
-of N tokens and cut into `rows = batch_size * world_size` contiguous rows of
-`bl = (N - 1) // rows` tokens; a DDP rank reads its own `batch_size` rows. Batches are read
-left to right, `bptt` tokens at a time: row r of batch i continues row r of batch i - 1, which
-is what lets the model carry its hidden state across batches. The target is the input shifted
-by one token. The last batch of an epoch is shorter when `bptt` does not divide `bl`.
-
-What is never a target in an epoch: the stream's first token (it has no predecessor) and its
-last `(N - 1) % rows` tokens (too few to give every row one more); every other token is the
-target of exactly one position. Validation and test streams are not shuffled.
-
-`variable_bptt`: AWD-LSTM's variable sequence length. Each batch's length is drawn as
-N(bptt, 5), or N(bptt / 2, 5) with probability 0.05, at least 5; the lengths of an epoch are
-then scaled by one common factor (~1.03) so that they sum to `bl` in exactly ceil(bl / bptt)
-batches: Lightning (the progress bar, the one-cycle schedule over
-`trainer.estimated_stepping_batches`) needs the same number of steps every epoch. A task
-scales its lr by `x.size(1) / datamodule.bptt`, as the paper does.
+"""The language-model data module: a corpus's documents, tokenized and numericalized, read as
+`LMStream`s (stream.py: shuffled documents -> `batch_size` rows -> `bptt` windows). One subclass
+per source says where the documents come from (`load`).
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import lightning as L
-import numpy as np
-import torch
 
 from fastlight.data.core import data_root
 from fastlight.data.text import sources
-from fastlight.data.text.synthetic import grammar_corpus, ideal_perplexity
+from fastlight.data.text.stream import LMStream
+from fastlight.data.text.synthetic import (
+    grammar_corpus,
+    ideal_perplexity,
+    planted_word_corpus,
+)
 from fastlight.data.text.vocab import check_vocab, numericalize, read_vocab, write_vocab
 from fastlight.errors import ConfigError, DataError
-
-
-class LMStream:
-    """Batches (x, y) of shape (batch_size, seq_len) over the documents `ids`/`offsets`."""
-
-    def __init__(self, ids: torch.Tensor, offsets: np.ndarray, batch_size: int, bptt: int,
-                 shuffle: bool = False, seed: int = 0, variable_bptt: bool = False,
-                 rank: int = 0, world_size: int = 1, epoch_fn=None):
-        self.ids, self.offsets = ids, np.asarray(offsets)
-        self.batch_size, self.bptt = int(batch_size), int(bptt)
-        self.shuffle, self.seed, self.variable_bptt = shuffle, int(seed), variable_bptt
-        self.rank, self.world_size = int(rank), int(world_size)
-        self.epoch_fn = epoch_fn
-        self._epoch = 0  # used only without epoch_fn
-        self.n_rows = self.batch_size * self.world_size
-        self.row_len = (len(ids) - 1) // self.n_rows  # bl
-
-    @property
-    def n_docs(self) -> int:
-        return len(self.offsets) - 1
-
-    def __len__(self) -> int:
-        return math.ceil(self.row_len / self.bptt)
-
-    def _rng(self, epoch: int, stream: int) -> torch.Generator:
-        return torch.Generator().manual_seed((self.seed * 100_003 + epoch) * 4 + stream)
-
-    def doc_order(self, epoch: int) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(self.n_docs)
-        return torch.randperm(self.n_docs, generator=self._rng(epoch, 0)).numpy()
-
-    def stream(self, epoch: int) -> torch.Tensor:
-        """The epoch's token stream: the documents, in this epoch's order, end to end."""
-        order = self.doc_order(epoch)
-        if self.n_docs == 1 or not self.shuffle:
-            return self.ids
-        starts, ends = self.offsets[:-1][order], self.offsets[1:][order]
-        # One gather: positions of every token in the new order.
-        lens = ends - starts
-        shift = np.repeat(starts - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
-        index = np.arange(len(self.ids)) + shift
-        return self.ids[torch.from_numpy(index)]
-
-    def seq_lens(self, epoch: int) -> list[int]:
-        bl, bptt = self.row_len, self.bptt
-        n = len(self)
-        if not self.variable_bptt or n == 1:
-            return [bptt] * (n - 1) + [bl - bptt * (n - 1)]
-        g = self._rng(epoch, 1)
-        half = torch.rand(n, generator=g) >= 0.95
-        mean = torch.where(half, bptt / 2, float(bptt))
-        lens = (mean + 5 * torch.randn(n, generator=g)).round().clamp(min=5).double()
-        bounds = torch.round(torch.cumsum(lens, 0) * (bl / lens.sum())).long().tolist()
-        bounds[-1] = bl
-        out, prev = [], 0
-        for b in bounds:
-            out.append(b - prev)
-            prev = b
-        if min(out) < 1:  # rows shorter than ~5 tokens a batch: fall back to even lengths
-            return [bptt] * (n - 1) + [bl - bptt * (n - 1)]
-        return out
-
-    def current_epoch(self) -> int:
-        if self.epoch_fn is not None:
-            return int(self.epoch_fn())
-        epoch, self._epoch = self._epoch, self._epoch + 1
-        return epoch
-
-    def __iter__(self):
-        epoch = self.current_epoch()
-        stream = self.stream(epoch)
-        used = self.n_rows * self.row_len
-        rows = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
-        x_rows = stream[:used].view(self.n_rows, self.row_len)[rows]
-        y_rows = stream[1: used + 1].view(self.n_rows, self.row_len)[rows]
-        start = 0
-        for n in self.seq_lens(epoch):
-            yield x_rows[:, start: start + n].contiguous(), y_rows[:, start: start + n].contiguous()
-            start += n
 
 
 class LMData(L.LightningDataModule):
@@ -160,10 +65,11 @@ class LMData(L.LightningDataModule):
         elif self.vocab_path:
             given = read_vocab(self.vocab_path)
         vocab, splits = numericalize(corpus, given, self.max_vocab, self.min_freq, self.n_workers, self.cache)
-        for split, (ids, _) in splits.items():
+        for split, (ids, offsets) in splits.items():
             if len(ids) < 2:
-                raise DataError(f"{corpus.name}: the {split} texts hold {len(ids)} token(s); a language model "
-                                f"needs at least two (is the corpus empty?)")
+                why = "the corpus is empty" if not any(corpus.docs.values()) else "too few documents for the split"
+                raise DataError(f"{corpus.name}: the {split} split holds {len(ids)} token(s) in {len(offsets) - 1} "
+                                f"document(s), a language model needs at least two ({why})")
         self.vocab, self.splits, self.corpus_name = vocab, splits, corpus.name
         self.dims = {"vocab_size": len(vocab)}
         train_ids = splits["train"][0]
@@ -281,14 +187,23 @@ class Shakespeare(LMData):
 
 
 class SyntheticLM(LMData):
-    """The planted grammar of `synthetic.py`; `ideal_perplexity` is what a perfect model scores."""
+    """Synthetic documents (`synthetic.py`). `kind: grammar`: the planted grammar with its long-range
+    key, `ideal_perplexity` being what a perfect model scores; `kind: planted_word`: the
+    classifier's documents without their labels (step 2 of a synthetic ULMFiT pipeline)."""
 
-    def __init__(self, n_docs: int = 600, n_keys: int = 4, n_sentences: int = 3, valid_pct: float = 0.2,
-                 **kwargs):
+    def __init__(self, kind: str = "grammar", n_docs: int = 600, n_keys: int = 4, n_sentences: int = 3,
+                 valid_pct: float = 0.2, **kwargs):
         kwargs.setdefault("min_freq", 1)
         super().__init__(**kwargs)
-        self.n_docs, self.n_keys, self.n_sentences, self.valid_pct = n_docs, n_keys, n_sentences, valid_pct
-        self.ideal_perplexity = ideal_perplexity(n_keys, n_sentences)
+        self.kind, self.n_docs, self.n_keys, self.n_sentences = kind, n_docs, n_keys, n_sentences
+        self.valid_pct = valid_pct
+        self.ideal_perplexity = ideal_perplexity(n_keys, n_sentences) if kind == "grammar" else None
 
     def load(self):
-        return grammar_corpus(self.n_docs, self.n_keys, self.n_sentences, self.valid_pct, self.seed)
+        if self.kind == "grammar":
+            return grammar_corpus(self.n_docs, self.n_keys, self.n_sentences, self.valid_pct, self.seed)
+        if self.kind == "planted_word":
+            corpus = planted_word_corpus(self.n_docs, self.valid_pct, seed=self.seed)
+            corpus.labels = {}
+            return corpus
+        raise ConfigError(f"data.kind={self.kind!r} must be grammar or planted_word")

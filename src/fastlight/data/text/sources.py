@@ -68,7 +68,7 @@ def ptb(folder: Path, train: str = "train", download: bool = True) -> Corpus:
         raise ConfigError(f"data.train={train!r} must be train or valid (the PTB file to train on)")
     needed = ["valid", "test"] if train == "valid" else ["train", "valid", "test"]
     files = fetch(folder, [Remote(f"ptb.{s}.txt", (f"{PTB_URL}ptb.{s}.txt",), PTB_MD5[s]) for s in needed],
-                  dataset="PTB", how_to=f"put Mikolov's ptb.{{train,valid,test}}.txt there", download=download)
+                  dataset="PTB", how_to="put Mikolov's ptb.{train,valid,test}.txt there", download=download)
     text = {s: line_tokens(read_text(files[f"ptb.{s}.txt"], "PTB")) for s in needed}
     # One document per file: the sentences of PTB are in article order and the paper reads
     # each file as one stream, so there is nothing to shuffle.
@@ -88,7 +88,8 @@ def wikitext_articles(text: str) -> list[list[str]]:
         lines = lines[:-1]
     articles, current = [], []
     for line in lines:
-        if RE_WT_TITLE.match(line) and current:
+        # Blank lines before the first title (the files open with one) belong to the first article.
+        if RE_WT_TITLE.match(line) and any(text.strip() for text in current):
             articles.append(current)
             current = []
         current.append(line)

@@ -1,0 +1,164 @@
+"""The super-resolution GAN task: its stages, its switcher, and a resume in the middle of the GAN phase."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+
+from fastlight.data.restoration import SyntheticRestorationData
+from fastlight.models.gan import unet_gan
+from fastlight.tasks.gan import GanTask, parse_gan_stages, patch_bce
+from fastlight.errors import ConfigError
+
+OPTIM = {"name": "adamw", "lr": 1e-4, "mom": 0.0, "sqr_mom": 0.99, "eps": 1e-5, "wd": 1e-3}
+
+
+def tiny_task(stages, switcher=None, seed=0):
+    torch.manual_seed(seed)
+
+    def conv(i, o, s):
+        return nn.Sequential(nn.Conv2d(i, o, 3, s, 1), nn.ReLU())
+
+    encoder = nn.Sequential(conv(3, 8, 1), conv(8, 16, 2), conv(16, 16, 1), conv(16, 32, 2), conv(32, 32, 1))
+    model = unet_gan(encoder=encoder, img_size=32, critic_nf=8, critic_blocks=2, pretrained=False)
+    dm = SyntheticRestorationData(n_train=32, n_valid=8, size=32, batch_size=8, seed=seed)
+    return dm, GanTask(model, OPTIM, {"name": "constant"}, stages, switcher=switcher, n_grid=2)
+
+
+class Steps(L.Callback):
+    def __init__(self):
+        self.seq = ""
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.seq += "C" if optimizer is trainer.optimizers[0] else "G"
+
+
+class KillAt(L.Callback):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("killed")
+
+
+def trainer_for(tmp_path, callbacks, **kw):
+    return L.Trainer(default_root_dir=str(tmp_path), logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks, **kw)
+
+
+def test_the_lessons_stages_run_in_order_with_the_switcher_in_the_gan_phase(tmp_path, one_thread):
+    stages = [{"phase": "generator", "epochs": 1, "lr": 1e-3}, {"phase": "critic", "epochs": 1, "lr": 1e-3},
+              {"phase": "gan", "epochs": 2, "lr": 1e-4}]
+    dm, task = tiny_task(stages, {"name": "fixed", "n_crit": 2, "n_gen": 1})
+    gen_before = {k: v.clone() for k, v in task.model.generator.state_dict().items()}
+    steps = Steps()
+    critic_stage = []
+
+    class GenUnchangedInCriticStage(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 0:
+                critic_stage.append({k: v.clone() for k, v in pl_module.model.generator.state_dict().items()})
+            if trainer.current_epoch == 1:
+                after = pl_module.model.generator.state_dict()
+                critic_stage.append(all(torch.equal(after[k], v) for k, v in critic_stage[0].items()))
+
+    trainer = trainer_for(tmp_path, [steps, GenUnchangedInCriticStage()], enable_checkpointing=False)
+    trainer.fit(task, datamodule=dm)
+    assert trainer.current_epoch == 4  # the stages' epochs are the run's
+    assert steps.seq == "GGGG" "CCCC" "CCGC" "CGCC"  # 4 batches an epoch; fixed(2, 1) carries over epochs
+    assert critic_stage[1] is True  # the critic stage leaves the generator alone
+    changed = [k for k, v in task.model.generator.state_dict().items() if not torch.equal(v, gen_before[k])]
+    assert changed
+    assert [h["phase"] for h in task.history] == ["generator", "critic", "gan", "gan"]
+    summary = task.summarize(tmp_path)
+    assert summary["psnr_before_gan"] == task.history[1]["psnr"] and summary["psnr_after_gan"] == task.history[3]["psnr"]
+
+
+def test_critic_loss_is_the_mean_of_real_vs_one_and_fake_vs_zero_over_every_patch():
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.0]])
+    expected = nn.BCEWithLogitsLoss()(logits, torch.ones(2, 2))
+    torch.testing.assert_close(patch_bce(logits, 1.0), expected)
+
+
+def test_bad_stages_say_what_is_wrong():
+    with pytest.raises(ConfigError, match="phase='gen'"):
+        parse_gan_stages([{"phase": "gen", "epochs": 1, "lr": 1e-3}])
+    with pytest.raises(ConfigError, match="unknown keys"):
+        parse_gan_stages([{"phase": "gan", "epochs": 1, "lr": 1e-3, "lrs": 2}])
+
+
+def test_killed_in_the_gan_phase_a_run_resumes_at_the_same_switcher_position_and_optimizer_states(tmp_path, one_thread):
+    stages = [{"phase": "generator", "epochs": 1, "lr": 1e-3}, {"phase": "critic", "epochs": 1, "lr": 1e-3},
+              {"phase": "gan", "epochs": 3, "lr": 1e-4}]
+    switcher = {"name": "fixed", "n_crit": 3, "n_gen": 2}
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="last", save_top_k=1, enable_version_counter=False)
+    dm, task = tiny_task(stages, switcher)
+    with pytest.raises(RuntimeError, match="killed"):
+        trainer_for(tmp_path, [ckpt, KillAt(3)]).fit(task, datamodule=dm)  # after GAN epoch 1 of 3
+    at_kill = task.switcher.state_dict()
+    assert at_kill == {"gen_mode": True, "count": 1}  # 4 GAN batches, CCCG: mid-way through the generator's turn
+    opt_states = [{k: {n: t.clone() for n, t in s.items()} for k, s in opt.state_dict()["state"].items()}
+                  for opt in task.trainer.optimizers]
+
+    dm2, task2 = tiny_task(stages, switcher, seed=1)  # different initial weights: everything must come from the ckpt
+    seen = {}
+
+    class Capture(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            seen["epoch"] = trainer.current_epoch
+            seen["switcher"] = pl_module.switcher.state_dict()
+            seen["opt"] = [opt.state_dict()["state"] for opt in trainer.optimizers]
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        trainer_for(tmp_path, [Capture()], enable_checkpointing=False).fit(
+            task2, datamodule=dm2, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert seen["epoch"] == 3 and seen["switcher"] == at_kill
+    for before, after in zip(opt_states, seen["opt"]):
+        assert before.keys() == after.keys() and before
+        for k in before:
+            for name in before[k]:
+                torch.testing.assert_close(after[k][name], before[k][name], rtol=0, atol=0)
+    for k, v in task.state_dict().items():
+        torch.testing.assert_close(task2.state_dict()[k], v, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_a_gan_phase_can_start_from_an_earlier_runs_generator_and_critic(train_run, tmp_path, one_thread):
+    common = ["task=gan", "data=synthetic", "model=tiny", "data.n_train=16", "data.n_valid=8", "data.batch_size=8",
+              "logger=csv", "callbacks.progress_bar=null", "torch_threads=1"]
+    _, pre = train_run(*common, "task.stages=[{phase:generator,epochs:1,lr:1e-3},{phase:critic,epochs:1,lr:1e-3}]",
+                       run_dir=tmp_path / "pretrain")
+    pre_ckpt = torch.load(pre / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    seen = {}
+
+    class FirstStep(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen["stages"] = [s.phase for s in pl_module.stages]
+            seen["state"] = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+    from fastlight import run as fl_run
+
+    real_instantiate = fl_run.hydra.utils.instantiate
+
+    def instantiate(cfg, *a, **kw):  # add the probe to the run's callbacks
+        out = real_instantiate(cfg, *a, **kw)
+        if kw.get("callbacks") is not None and isinstance(out, L.Trainer):
+            out.callbacks.append(FirstStep())
+        return out
+
+    fl_run.hydra.utils.instantiate = instantiate
+    try:
+        _, gan = train_run(*common, f"task.generator={pre}", f"task.critic={pre}",
+                           "task.stages=[{phase:generator,epochs:1,lr:1e-3},{phase:critic,epochs:1,lr:1e-3},"
+                           "{phase:gan,epochs:1,lr:1e-4}]", run_dir=tmp_path / "gan")
+    finally:
+        fl_run.hydra.utils.instantiate = real_instantiate
+    assert seen["stages"] == ["gan"]
+    for k, v in pre_ckpt.items():
+        if k.startswith("model."):
+            torch.testing.assert_close(seen["state"][k], v, rtol=0, atol=0)
