@@ -175,3 +175,97 @@ def plain_loop(cfg, flags: dict):
             opt.step()
             opt.zero_grad()
     return model.state_dict(), len(batches)
+
+
+# --- one-cycle: fastai's formula at every iteration, never past its end ----------------------------
+def test_one_cycle_equals_fastai_schedule_at_every_iteration():
+    fastai_callback = pytest.importorskip("fastai.callback.schedule")
+    from fastlight.training.schedules import OneCycle
+
+    total, lr_max, pct, div, div_final, moms = 37, 3e-3, 0.25, 25.0, 1e5, (0.95, 0.85, 0.95)
+    lr_sched = fastai_callback.combined_cos(pct, lr_max / div, lr_max, lr_max / div_final)
+    mom_sched = fastai_callback.combined_cos(pct, *moms)
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=lr_max)
+    sched = OneCycle(opt, total, pct, div, div_final, moms)
+    for i in range(total + 5):  # and past the end: it holds, never raises
+        pos = min(i / total, 1.0)
+        # fastai evaluates the position in float32 tensors: agreement to ~1e-6 is float32's.
+        assert opt.param_groups[0]["lr"] == pytest.approx(float(lr_sched(pos)), rel=2e-6)
+        assert opt.param_groups[0]["betas"][0] == pytest.approx(float(mom_sched(pos)), rel=1e-6)
+        opt.step()
+        sched.step()
+
+
+def test_fine_tune_frozen_stage_ends_at_lr_max_and_momentum_085():
+    """fine_tune's frozen stage (pct_start 0.99, one epoch of under 100 steps): its last step runs
+    at ~lr_max and momentum ~0.85, as fastai's (position (n-1)/n is still inside the warm-up)."""
+    from fastlight.training.schedules import OneCycle
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=1e-3)
+    sched = OneCycle(opt, 60, pct_start=0.99)
+    for _ in range(59):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3, rel=1e-3)
+    assert opt.param_groups[0]["betas"][0] == pytest.approx(0.85, abs=1e-3)
+
+
+def test_max_steps_one_cycle_spans_exactly_those_steps(train_run):
+    _, folder, counts, _ = run(train_run, "collab", "trainer.max_steps=40", "trainer.max_epochs=-1",
+                               "trainer.log_every_n_steps=10", "data.steps_per_call=10")
+    ckpt = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)
+    sched = ckpt["lr_schedulers"][0]
+    assert sched["total_steps"] == 40 and sched["last_epoch"] == 40
+
+
+# --- DDP on CPU: two ranks share each epoch ---------------------------------------------------------
+def test_tensor_batches_shard_rows_between_ranks_with_none_twice_and_none_left_out():
+    from types import SimpleNamespace
+
+    from fastlight.data.core import TensorBatches
+
+    x = torch.arange(1001)
+    seen = []
+    lens = []
+    for rank in (0, 1):
+        trainer = SimpleNamespace(global_rank=rank, world_size=2, current_epoch=3)
+        tb = TensorBatches((x,), batch_size=64, shuffle=True, seed=5, trainer=trainer)
+        batches = [b[0] for b in tb]
+        lens.append(len(batches))
+        seen += torch.cat(batches).tolist()
+    assert sorted(seen) == x.tolist()  # every row once
+    assert lens[0] == lens[1] == 8  # the same number of steps on both ranks: half of 16
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["collab", "mnist"])
+def test_ddp_two_cpu_ranks_halve_the_steps_and_reach_the_single_process_metric(tmp_path, task):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    base = [sys.executable, "train.py", *TASKS[task], *COMMON, "trainer.max_epochs=2"]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    bs = 64
+    single = subprocess.run([*base, f"data.batch_size={bs}", f"hydra.run.dir={tmp_path / 'single'}"],
+                            cwd=repo, capture_output=True, text=True, env=env, timeout=600)
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp = subprocess.run([*base, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                          f"data.batch_size={bs // 2}", f"hydra.run.dir={tmp_path / 'ddp'}"],
+                         cwd=repo, capture_output=True, text=True, env=env, timeout=600)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    c1 = json.loads((tmp_path / "single" / "hook_counts.json").read_text())
+    c2 = json.loads((tmp_path / "ddp" / "hook_counts.json").read_text())
+    c2b = json.loads((tmp_path / "ddp" / "hook_counts.rank1.json").read_text())
+    assert c2["world_size"] == 2 and c2b["rank"] == 1
+    # Same effective batch size (2 x 32 = 64): the same number of steps, each rank seeing half the rows.
+    assert c2["global_step"] == c2b["global_step"] == c1["global_step"]
+    assert len(list((tmp_path / "ddp").glob("summary.json"))) == 1
+    assert not list(tmp_path.glob("ddp/*/summary.json"))  # one run folder
+    s1 = json.loads((tmp_path / "single" / "summary.json").read_text())
+    s2 = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert s2["status"] == "completed"
+    v1, v2 = s1["optimized_metric"]["value"], s2["optimized_metric"]["value"]
+    assert v2 == pytest.approx(v1, rel=0.05)  # stated tolerance: 5% of the single-process metric

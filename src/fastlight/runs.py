@@ -13,10 +13,12 @@ from fastlight.errors import FastlightError
 def load_run(run_dir: str | Path, ckpt: str = "best", setup_data: bool = True):
     """Rebuild a finished run from its folder: (config, datamodule, task with `ckpt` weights loaded).
 
-    For commands that work on a trained model (`recommend`, `predict`). `ckpt` is "best", "last"
-    or a path. The data module is set up again from the same config (same seed, same split).
+    For commands that work on a trained model (`recommend`, `predict`, `restore`, ...). `ckpt` is
+    "best", "last" or a path. With `setup_data` the data module is set up again from the same
+    config (same seed, same split); without it the model is built from the sizes the checkpoint
+    recorded (`dims`), so the run folder alone suffices, with no dataset on the machine.
     """
-    import torch
+    from fastlight.training.checkpoints import check_checkpoint
 
     run_dir = Path(run_dir)
     config_file = run_dir / "config.yaml"
@@ -26,13 +28,15 @@ def load_run(run_dir: str | Path, ckpt: str = "best", setup_data: bool = True):
     path = Path(ckpt) if ckpt not in ("best", "last") else run_dir / "checkpoints" / f"{ckpt}.ckpt"
     if not path.is_file():
         raise FastlightError(f"no checkpoint at {path}; did the run finish an epoch?")
+    state = check_checkpoint(path, cfg.task._target_)
     datamodule = hydra.utils.instantiate(cfg.data)
-    if setup_data:
+    dims = state.get("fastlight", {}).get("dims")
+    if setup_data or dims is None:
         datamodule.prepare_data()
         datamodule.setup("fit")
-    model = hydra.utils.instantiate(cfg.model, **datamodule.dims)
+        dims = datamodule.dims
+    model = hydra.utils.instantiate(cfg.model, **dims)
     task = hydra.utils.instantiate(cfg.task, model=model, optim=cfg.optim, schedule=cfg.schedule)
-    state = torch.load(path, map_location="cpu", weights_only=False)
     task.on_load_checkpoint(state)  # lets a task restore what it saved beside the weights
     task.load_state_dict(state["state_dict"])
     task.eval()

@@ -142,3 +142,11 @@ def test_review_page_marks_filters_remembers_and_exports_decisions_that_apply(tr
     moved = Path(second).parts
     assert (copy / moved[0] / relabel_to / Path(*moved[2:])).is_file() and not (copy / second).exists()
     assert files(data) == files(copy) - {f".removed/{first}", str(Path(moved[0], relabel_to, *moved[2:]))} | {first, second}
+
+
+def test_clean_needs_an_image_folder_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    OmegaConf.save(OmegaConf.create({"data": {"_target_": "fastlight.data.shapes.ShapesData"}}), run / "config.yaml")
+    assert fastlight(["clean", str(run)]) == 2
+    assert "was not trained on an image folder (data=folder)" in capsys.readouterr().err

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gzip
 import hashlib
 import http.server
 import io
 import socket
+import struct
 import threading
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from fastlight.data.download import Remote, extract_zip, fetch, md5sum
 from fastlight.errors import DataError
@@ -235,3 +239,49 @@ def test_extract_zip(tmp_path):
         extract_zip(bad, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def idx_gz(images: np.ndarray | None = None, labels: np.ndarray | None = None) -> bytes:
+    """The original MNIST file format: a big-endian header (magic, count[, rows, cols]), then bytes."""
+    if images is not None:
+        raw = struct.pack(">IIII", 2051, *images.shape) + images.astype(np.uint8).tobytes()
+    else:
+        raw = struct.pack(">II", 2049, len(labels)) + labels.astype(np.uint8).tobytes()
+    return gzip.compress(raw)
+
+
+def test_mnist_downloads_checks_and_reads_its_idx_files(server, tmp_path, monkeypatch):
+    from fastlight.data import mnist
+
+    base, served, hits = server
+    rng = np.random.default_rng(0)
+    arrays = {"train-images-idx3-ubyte.gz": rng.integers(0, 256, (12, 28, 28)),
+              "train-labels-idx1-ubyte.gz": np.arange(12) % 10,
+              "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (4, 28, 28)),
+              "t10k-labels-idx1-ubyte.gz": np.array([3, 1, 4, 1])}
+    files = {}
+    for name, a in arrays.items():
+        body = idx_gz(images=a) if a.ndim == 3 else idx_gz(labels=a)
+        (served / name).write_bytes(body)
+        files[name] = hashlib.md5(body).hexdigest()
+    monkeypatch.setattr(mnist, "MIRRORS", (base + "missing/", base))  # the first mirror is down
+    monkeypatch.setattr(mnist, "FILES", files)
+    dm = mnist.MNISTData(root=str(tmp_path / "root"), valid_size=2)
+    dm.prepare_data()
+    assert leftovers(tmp_path / "root" / "mnist") == sorted(files)
+    x, y, x_test, y_test = dm.load()
+    assert x.shape == (12, 784) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert torch.equal(x[3], torch.from_numpy(arrays["train-images-idx3-ubyte.gz"][3].reshape(784) / 255.0).float())
+    assert y.tolist() == list(np.arange(12) % 10) and y_test.tolist() == [3, 1, 4, 1]
+    n_hits = len(hits)
+    mnist.MNISTData(root=str(tmp_path / "root")).prepare_data()
+    assert len(hits) == n_hits  # present and complete: no request
+
+
+def test_a_truncated_idx_file_on_disk_says_delete_it(tmp_path):
+    from fastlight.data.mnist import read_idx
+
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(idx_gz(images=np.zeros((2, 28, 28)))[:-20])
+    with pytest.raises(DataError, match="not a valid MNIST idx.gz file.*delete it"):
+        read_idx(path)

@@ -127,6 +127,16 @@ def test_killed_in_the_gan_phase_a_run_resumes_at_the_same_switcher_position_and
         torch.testing.assert_close(task2.state_dict()[k], v, rtol=0, atol=0)
 
 
+class FirstStep(L.Callback):
+    """What a run's task holds when training starts (kept on the class: Hydra builds the instance)."""
+
+    seen: dict = {}
+
+    def on_train_start(self, trainer, pl_module):
+        FirstStep.seen = {"stages": [s.phase for s in pl_module.stages],
+                          "state": {k: v.clone() for k, v in pl_module.state_dict().items()}}
+
+
 @pytest.mark.slow
 def test_a_gan_phase_can_start_from_an_earlier_runs_generator_and_critic(train_run, tmp_path, one_thread):
     common = ["task=gan", "data=synthetic", "model=tiny", "data.n_train=16", "data.n_valid=8", "data.batch_size=8",
@@ -134,30 +144,12 @@ def test_a_gan_phase_can_start_from_an_earlier_runs_generator_and_critic(train_r
     _, pre = train_run(*common, "task.stages=[{phase:generator,epochs:1,lr:1e-3},{phase:critic,epochs:1,lr:1e-3}]",
                        run_dir=tmp_path / "pretrain")
     pre_ckpt = torch.load(pre / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    seen = {}
-
-    class FirstStep(L.Callback):
-        def on_train_start(self, trainer, pl_module):
-            seen["stages"] = [s.phase for s in pl_module.stages]
-            seen["state"] = {k: v.clone() for k, v in pl_module.state_dict().items()}
-
-    from fastlight import run as fl_run
-
-    real_instantiate = fl_run.hydra.utils.instantiate
-
-    def instantiate(cfg, *a, **kw):  # add the probe to the run's callbacks
-        out = real_instantiate(cfg, *a, **kw)
-        if kw.get("callbacks") is not None and isinstance(out, L.Trainer):
-            out.callbacks.append(FirstStep())
-        return out
-
-    fl_run.hydra.utils.instantiate = instantiate
-    try:
-        _, gan = train_run(*common, f"task.generator={pre}", f"task.critic={pre}",
-                           "task.stages=[{phase:generator,epochs:1,lr:1e-3},{phase:critic,epochs:1,lr:1e-3},"
-                           "{phase:gan,epochs:1,lr:1e-4}]", run_dir=tmp_path / "gan")
-    finally:
-        fl_run.hydra.utils.instantiate = real_instantiate
+    FirstStep.seen = {}
+    probe = ["+callbacks.probe._target_=tests.tasks.test_gan.FirstStep"]
+    train_run(*common, *probe, f"task.generator={pre}", f"task.critic={pre}",
+              "task.stages=[{phase:generator,epochs:1,lr:1e-3},{phase:critic,epochs:1,lr:1e-3},"
+              "{phase:gan,epochs:1,lr:1e-4}]", run_dir=tmp_path / "gan")
+    seen = FirstStep.seen
     assert seen["stages"] == ["gan"]
     for k, v in pre_ckpt.items():
         if k.startswith("model."):

@@ -165,6 +165,11 @@ def test_run_folder_alone_generates_text(train_run, tmp_path):
     text = generate_text(run_dir, "xxbos key1 the", words=12, seed=0)
     assert text.startswith("key1 the") and len(text.split()) >= 8  # punctuation joins its word
     assert text == generate_text(run_dir, "xxbos key1 the", words=12, seed=0)  # seeded: reproducible
+    from fastlight.cli import main
+
+    assert main(["generate", str(run_dir), "--n", "6", "--seed", "0"]) == 0  # the command, from the folder
+    written = (run_dir / "generated.txt").read_text().split()
+    assert 3 <= len(written) <= 6  # six tokens, case and punctuation tokens folded into words
 
 
 @pytest.mark.slow
@@ -179,3 +184,21 @@ def test_killed_lm_run_resumes_to_the_same_perplexity(train_run, tmp_path):
     a, b = run_summary(whole)["metrics"], run_summary(resumed)["metrics"]
     assert b["val/perplexity"] == pytest.approx(a["val/perplexity"], rel=1e-5)
     assert b["test/perplexity"] == pytest.approx(a["test/perplexity"], rel=1e-5)
+
+
+def test_lm_fine_tunes_from_an_lm_run_with_vocabulary_matching(train_run, tmp_path):
+    """ULMFiT step 1 -> 2: model.weights_path=<lm run> starts a new corpus's LM from a finished one."""
+    from fastlight.data.text.vocab import read_vocab
+
+    _, run_dir = train_run(*SYNTH, "debug=fast", run_dir=tmp_path / "general")
+    old_vocab = read_vocab(run_dir)
+    general = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    old_emb = general["model.0.encoder.weight"]
+    new_vocab = ["xxunk", "xxpad", "xxbos", "the", "brand-new-word", "a", "cat"]
+    model = AWDLSTMLanguageModel(len(new_vocab), emb_sz=32, n_hid=64, n_layers=3, weights_path=str(run_dir))
+    assert model.load_pretrained(new_vocab)
+    emb = model[0].encoder.weight.detach()
+    for i, w in enumerate(new_vocab):
+        expected = old_emb[old_vocab.index(w)] if w in old_vocab else old_emb.mean(0)
+        assert torch.allclose(emb[i], expected), w
+    assert torch.equal(model[0].rnns[1].module.weight_hh_l0.detach(), general["model.0.rnns.1.module.weight_hh_l0"])

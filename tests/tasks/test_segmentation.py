@@ -99,3 +99,13 @@ def test_end_to_end_grids_confusion_and_predict_writes_colour_masks(train_run, t
     mask = Image.open(out / "a_mask.png")
     assert mask.mode == "P" and mask.size == (45, 37) and np.asarray(mask).max() < len(CODES)
     assert (out / "codes.txt").read_text().split() == CODES
+
+
+def test_a_data_mistake_stops_the_run_with_one_line_and_exit_code_2(train_run, tmp_path, capsys):
+    root = camvid_like(tmp_path / "cv")
+    (root / "codes.txt").unlink()
+    with pytest.raises(SystemExit) as e:
+        train_run(*FAST, "data=folder", f"data.path={root}", "data.num_workers=0")
+    assert e.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "codes.txt is missing" in err[0]

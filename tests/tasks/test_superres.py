@@ -106,3 +106,12 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_result(train_run, tmp_path):
     full, resumed = summary(tmp_path / "full")["metrics"], summary(tmp_path / "resumed")["metrics"]
     assert resumed["val/psnr"] == pytest.approx(full["val/psnr"], rel=1e-5)
     assert resumed["val/loss"] == pytest.approx(full["val/loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_debug_run_with_the_real_resnet18_unet_and_feature_loss(train_run):
+    _, run_dir = train_run("task=superres", "data=synthetic", "debug=fast", "logger=csv", "model.arch=resnet18",
+                           "model.pretrained=false", "loss.pretrained=false", "task.stages=null", "torch_threads=1")
+    s = summary(run_dir)
+    assert s["status"] == "completed" and {"val/psnr", "val/psnr_input", "val/ssim"} <= set(s["metrics"])
+    assert (run_dir / "grids" / "epoch_000.png").is_file()

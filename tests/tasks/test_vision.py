@@ -234,7 +234,7 @@ def test_learns_the_shapes_from_scratch_and_leaves_an_interpretation(train_run):
 
 def test_fine_tune_logs_each_layer_groups_lr_and_the_interpretation_to_csv_and_wandb(train_run):
     value, run_dir = train_run(*FAST, "optim.lr=1e-2", "trainer.max_epochs=1", "data.n_train=320", "data.n_valid=32",
-                               "logger=wandb")  # offline (conftest), with the local metrics.csv beside it
+                               "logger=wandb", "trainer.log_every_n_steps=1")  # offline (conftest), metrics.csv beside it
     media = {p.name.split("_")[0] for p in run_dir.glob("wandb/offline-run-*/files/media/images/interpretation/*.png")}
     assert media == {"top", "confusion"}  # top_losses_<step>_<hash>.png, confusion_matrix_...
     assert list(run_dir.glob("wandb/offline-run-*/files/media/table/interpretation/most_confused*.json"))

@@ -15,6 +15,7 @@ import argparse
 # task -> "module:function(args) -> the path written"
 GENERATORS = {
     "wgan": "fastlight.tasks.wgan:generate_command",
+    "lm": "fastlight.tasks.lm:generate_command",
 }
 
 

@@ -143,7 +143,8 @@ def find_item(dm, query: str) -> int:
 # --- the run folder's interpretation/ -------------------------------------------------------------
 def plot_pca(top: torch.Tensor, coords: torch.Tensor, dm, n: int):
     """The `n` most-rated movies on the first two components, labelled with their titles."""
-    from matplotlib.figure import Figure  # no pyplot: no GUI backend, safe in sweeps and threads
+    # no pyplot: no GUI backend, safe in sweeps and threads
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(12, 12))
     ax = fig.subplots()
@@ -180,9 +181,9 @@ def write_interpretation(model, dm, out: Path, n_top: int, n_plot: int, loggers=
 def digest(tables: dict, dm, out: Path, run_dir: Path) -> str:
     """A few lines for the terminal; the full tables are in `out`."""
     s = dm.stats
-    lines = [f"[collab] {s['n_train']} training / {s['n_valid']} validation ratings, {s['n_users']} users, "
-             f"{s['n_items']} items; validation rows with an unseen user or item: {s['valid_rows_unseen']} "
-             f"({s['valid_unseen_users']} users, {s['valid_unseen_items']} items)"]
+    lines = [(f"[collab] {s['n_train']} training / {s['n_valid']} validation ratings, {s['n_users']} users, "
+              f"{s['n_items']} items; validation rows with an unseen user or item: {s['valid_rows_unseen']} "
+              f"({s['valid_unseen_users']} users, {s['valid_unseen_items']} items)")]
     if "item_bias" in tables:
         b = tables["item_bias"]
         for end in ("highest", "lowest"):

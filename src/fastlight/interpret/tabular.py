@@ -105,7 +105,7 @@ def predict_rows(run_dir: str | Path, rows: str | Path, out: str | Path | None =
     from fastlight.runs import load_run
     from fastlight.tasks.tabular import TabularTask
 
-    _, _, task = load_run(run_dir, ckpt)
+    _, _, task = load_run(run_dir, ckpt, setup_data=False)
     if not isinstance(task, TabularTask):
         raise FastlightError(f"{run_dir} is a {type(task).__name__} run, not a tabular run")
     df = read_table(rows, what="the rows file")

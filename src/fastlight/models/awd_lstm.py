@@ -430,21 +430,28 @@ def load_lm_weights(model: AWDLSTMLanguageModel, vocab: Sequence[str], pretraine
 
     if pretrained in (None, False, "none") and not weights_path:
         return False
+    old_vocab = None
     if weights_path:
         path = Path(weights_path).expanduser()
-        if not path.is_file():
-            raise DataError(f"model.weights_path={weights_path}: no such file")
-        itos = sorted(path.parent.glob("itos*.pkl"))
-        vocab_file = itos[0] if itos else None
+        if path.is_dir() or path.suffix == ".ckpt":  # a fastlight language-model run (ULMFiT step 1 -> 2)
+            state, old_vocab = fastlight_lm_state(path)
+        elif not path.is_file():
+            raise DataError(f"model.weights_path={weights_path}: no such file or run folder")
+        else:
+            itos = sorted(path.parent.glob("itos*.pkl"))
+            if itos:
+                with open(itos[0], "rb") as f:
+                    old_vocab = pickle.load(f)
+            state = from_fastai(torch.load(path, map_location="cpu", weights_only=True))
     elif pretrained == "wt103":
         path, vocab_file = wt103_files()
-    else:
-        raise ConfigError(f"model.pretrained={pretrained!r} is unknown; use wt103 or null")
-    state = from_fastai(torch.load(path, map_location="cpu", weights_only=True))
-    if vocab_file is not None:
         with open(vocab_file, "rb") as f:
             old_vocab = pickle.load(f)
-        state = match_embeds(state, old_vocab, [str(w) for w in vocab])
+        state = from_fastai(torch.load(path, map_location="cpu", weights_only=True))
+    else:
+        raise ConfigError(f"model.pretrained={pretrained!r} is unknown; use wt103 or null")
+    if old_vocab is not None:
+        state = match_embeds(state, [str(w) for w in old_vocab], [str(w) for w in vocab])
     elif state["0.encoder.weight"].size(0) != len(vocab):
         raise DataError(f"{path} has {state['0.encoder.weight'].size(0)} words but the data's vocabulary has "
                         f"{len(vocab)}, and no itos*.pkl beside it says which words they are")
@@ -453,3 +460,23 @@ def load_lm_weights(model: AWDLSTMLanguageModel, vocab: Sequence[str], pretraine
         raise DataError(f"{path} does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]}); "
                         "the model's emb_sz/n_hid/n_layers must be fastai's")
     return True
+
+
+def fastlight_lm_state(path) -> tuple[dict, list[str]]:
+    """(model state dict, vocabulary) of a fastlight language-model run folder or checkpoint."""
+    from pathlib import Path
+
+    from fastlight.errors import DataError
+
+    path = Path(path).expanduser()
+    ckpt = path
+    if path.is_dir():
+        ckpt = next((path / "checkpoints" / f"{n}.ckpt" for n in ("best", "last")
+                     if (path / "checkpoints" / f"{n}.ckpt").is_file()), path / "checkpoints" / "best.ckpt")
+    if not ckpt.is_file():
+        raise DataError(f"model.weights_path={path}: no checkpoint at {ckpt}")
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    if not saved.get("vocab"):
+        raise DataError(f"model.weights_path={path}: {ckpt} is not a language-model checkpoint (no vocabulary)")
+    state = {k[len("model."):]: v for k, v in saved["state_dict"].items() if k.startswith("model.")}
+    return state, list(saved["vocab"])

@@ -265,3 +265,17 @@ def detokenize(tokens: list[str]) -> str:
     for p in (" .", " ,", " !", " ?", " ;", " :", " n't", " 's", " )", " %"):
         text = text.replace(p, p[1:])
     return text.replace("( ", "(")
+
+
+def generate_command(args) -> Path:
+    """`fastlight generate <lm run> "The movie was" --words 40 --temperature 0.75`: prints the text,
+    writes it to --out (default <run>/generated.txt) and returns that path."""
+    prompt = getattr(args, "prompt", None) or "xxbos"
+    words = getattr(args, "words", None) or getattr(args, "n", 40)
+    temperature = getattr(args, "temperature", None) or 0.75
+    text = generate_text(args.run_dir, prompt, int(words), float(temperature), getattr(args, "seed", None),
+                         getattr(args, "ckpt", "best"))
+    print(text)
+    out = Path(args.out) if getattr(args, "out", None) else Path(args.run_dir) / "generated.txt"
+    out.write_text(text + "\n", encoding="utf-8")
+    return out

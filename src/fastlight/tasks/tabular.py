@@ -111,15 +111,10 @@ class TabularTask(FastPath, Task):
         self._evaluate(batch, "test")
 
     # --- the procs travel with the weights ------------------------------------------------------
-    def model_dims(self) -> dict:
-        """What `instantiate(cfg.model, **dims)` needs to rebuild this model without the data."""
-        y_range = self.model.y_range
-        return {"n_cats": self.procs.cardinalities, "n_cont": len(self.procs.cont_names),
-                "out_sz": self.procs.out_sz, "y_range": None if y_range is None else [y_range.lo, y_range.hi]}
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["tabular"] = {"procs": self.procs.state_dict(), "dims": self.model_dims()}
-        checkpoint["model_dims"] = self.model_dims()  # the model rebuilds from the checkpoint alone, without data
+        # With the model's sizes (fastlight.training.checkpoints.CheckpointTag), the procs let
+        # `predict` rebuild the run from its folder alone, without the training data.
+        checkpoint["tabular"] = {"procs": self.procs.state_dict()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "tabular" not in checkpoint:

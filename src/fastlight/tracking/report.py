@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import io
+import itertools
 import re
 import time
 from pathlib import Path
@@ -161,7 +162,7 @@ def _axes(title: str, x_label: str, y_label: str):
     return fig, ax
 
 
-_count = iter(range(1 << 30))  # a fresh id prefix per figure: ids stay unique in the page
+_figures = itertools.count()  # a fresh id prefix per figure: ids stay unique in the page
 
 
 def inline_svg(fig, kind: str, runs: list[str]) -> str:
@@ -176,7 +177,7 @@ def inline_svg(fig, kind: str, runs: list[str]) -> str:
     svg = svg[svg.index("<svg"):]
     svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
     svg = re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", svg)  # implied inside HTML
-    p = f"f{next(_count)}-"
+    p = f"f{next(_figures)}-"
     svg = re.sub(r'\bid="([^"]+)"', rf'id="{p}\1"', svg)
     svg = re.sub(r"url\(#([^)]+)\)", rf"url(#{p}\1)", svg)
     svg = re.sub(r'href="#([^"]+)"', rf'href="#{p}\1"', svg)

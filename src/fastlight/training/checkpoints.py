@@ -59,10 +59,12 @@ def check_checkpoint_fits(path: str | Path, state: dict, task: L.LightningModule
 
 
 class CheckpointTag(L.Callback):
-    """Writes which task made a checkpoint into it, so a resume can check it."""
+    """Writes into each checkpoint which task made it (so a resume can check it) and the sizes the
+    model was built with (`datamodule.dims`, so `load_run` can rebuild it without the data)."""
 
     def __init__(self, task: str, target: str):
         self.task, self.target = task, target
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        checkpoint[TAG] = {"task": self.task, "target": self.target}
+        dims = getattr(trainer.datamodule, "dims", None)
+        checkpoint[TAG] = {"task": self.task, "target": self.target, "dims": dict(dims) if dims else None}

@@ -1,0 +1,144 @@
+"""ULMFiT's three steps on imdb_sample (800 train / 200 valid reviews), fastlight against fastai, same budget.
+
+    python tests/benchmarks/bench_text_clf.py                         # fastai's model size (400/1152/3)
+    python tests/benchmarks/bench_text_clf.py --emb 64 --hid 128      # a smaller AWD-LSTM (busy CPU)
+    python tests/benchmarks/bench_text_clf.py --general none          # skip step 1
+
+  step 1  a language model on a general corpus available here (`--general`: ptb's valid file, or
+          shakespeare), from scratch (where WT103 can be downloaded, `model.pretrained=wt103` replaces it)
+  step 2  that model fine-tuned on the reviews' texts (vocabulary matched, new words at the mean row)
+  step 3  the classifier from the step-2 encoder, the lesson's gradual unfreezing (5 epochs)
+
+fastai runs steps 2-3 the lesson's way (`language_model_learner` + `text_classifier_learner`,
+`load_encoder`, freeze_to(-2), freeze_to(-3), unfreeze) with the same sizes, lrs and epochs, from
+random weights at step 2 (fastai has no step-1 corpus here either: only WT103). Reported: each
+step's seconds, the classifier's seconds per epoch, final validation accuracy, and tokenization time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+import common
+
+
+def size_overrides(args) -> list[str]:
+    return [f"model.emb_sz={args.emb}", f"model.n_hid={args.hid}", f"model.n_layers={args.layers}"]
+
+
+def fastlight_pipeline(args, root) -> dict:
+    quiet = ["logger=csv", "callbacks.progress_bar.refresh_rate=0", "trainer.num_sanity_val_steps=0",
+             f"torch_threads={args.threads}", f"data.root={root}", "data.n_workers=2"]
+    out, weights = {}, []
+    if args.general != "none":
+        t = time.perf_counter()
+        data = ["data=ptb", "data.train=valid"] if args.general == "ptb" else ["data=shakespeare"]
+        s, general = common.run_fastlight(["task=lm", *data, *size_overrides(args), *quiet, f"data.bptt={args.bptt}",
+                                           f"trainer.max_epochs={args.general_epochs}", "optim.lr=2e-3",
+                                           "model.drop_mult=1.0"], prefix="bench_lm1_", quiet=True)
+        out["step 1 s"] = time.perf_counter() - t
+        out["step 1 ppl"] = s["metrics"].get("val/perplexity")
+        weights = [f"model.weights_path={general}"]
+    t = time.perf_counter()
+    s, lm = common.run_fastlight(["task=lm", "data=imdb_sample", *size_overrides(args), *quiet, *weights,
+                                  f"data.bptt={args.bptt}", f"trainer.max_epochs={args.lm_epochs}",
+                                  f"optim.lr={args.lm_lr}", "model.drop_mult=0.3"], prefix="bench_lm2_", quiet=True)
+    out["step 2 s"] = time.perf_counter() - t
+    out["step 2 ppl"] = s["metrics"].get("val/perplexity")
+    t = time.perf_counter()
+    s, _ = common.run_fastlight(["task=text_clf", "data=imdb_sample", f"task.encoder={lm}", *size_overrides(args),
+                                 *quiet, f"model.bptt={args.bptt}", f"optim.lr={args.clf_lr}",
+                                 f"data.batch_size={args.bs}", *common.timer_overrides("epoch")],
+                                prefix="bench_clf_", quiet=True)
+    out["step 3 s"] = time.perf_counter() - t
+    epochs = common.EpochTimer.epochs
+    out["clf s/epoch"] = common.median(e.wall for e in epochs)
+    out["accuracy"] = epochs[-1].metrics.get("val/accuracy", float("nan"))
+    if s["status"] != "completed":
+        raise SystemExit(f"fastlight classifier failed: {s['error']}")
+    return out
+
+
+def fastai_pipeline(args, root) -> dict:
+    import pandas as pd
+    from fastai.text.all import (AWD_LSTM, TextDataLoaders, accuracy, awd_lstm_clas_config, awd_lstm_lm_config,
+                                 language_model_learner, text_classifier_learner)
+
+    df = pd.read_csv(root / "imdb_sample" / "texts.csv")
+    size = dict(emb_sz=args.emb, n_hid=args.hid, n_layers=args.layers)
+    out = {}
+    t = time.perf_counter()
+    dls_lm = TextDataLoaders.from_df(df, text_col="text", is_lm=True, valid_col="is_valid", bs=64, seq_len=args.bptt)
+    out["tokenize s"] = time.perf_counter() - t
+    learn = language_model_learner(dls_lm, AWD_LSTM, config={**awd_lstm_lm_config, **size}, pretrained=False,
+                                   drop_mult=0.3, path=common.REPO / "outputs" / "bench_fastai_text")
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(args.lm_epochs, args.lm_lr)
+    learn.save_encoder("bench_enc")
+    out["step 2 s"] = time.perf_counter() - t
+    out["step 2 ppl"] = float(learn.recorder.values[-1][-1]) if learn.recorder.values else float("nan")
+    t = time.perf_counter()
+    dls = TextDataLoaders.from_df(df, text_col="text", label_col="label", valid_col="is_valid", bs=args.bs,
+                                  seq_len=args.bptt, text_vocab=dls_lm.vocab)
+    clf = text_classifier_learner(dls, AWD_LSTM, config={**awd_lstm_clas_config, **size}, pretrained=False,
+                                  drop_mult=0.5, metrics=accuracy, seq_len=args.bptt, path=learn.path)
+    clf.load_encoder("bench_enc")
+    timer = common.fastai_timer("epoch")
+    lr, k = args.clf_lr, 2.6**4
+    with clf.no_bar(), clf.no_logging():
+        clf.freeze()
+        clf.fit_one_cycle(1, lr, cbs=[timer])
+        clf.freeze_to(-2)
+        clf.fit_one_cycle(1, slice(lr / 2 / k, lr / 2), cbs=[timer])
+        clf.freeze_to(-3)
+        clf.fit_one_cycle(1, slice(lr / 4 / k, lr / 4), cbs=[timer])
+        clf.unfreeze()
+        clf.fit_one_cycle(2, slice(lr / 20 / k, lr / 20), cbs=[timer])
+    out["step 3 s"] = time.perf_counter() - t
+    out["clf s/epoch"] = common.median(e.wall for e in timer.epochs)
+    out["accuracy"] = float(clf.recorder.values[-1][2])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--emb", type=int, default=400)
+    parser.add_argument("--hid", type=int, default=1152)
+    parser.add_argument("--layers", type=int, default=3)
+    parser.add_argument("--bptt", type=int, default=72)
+    parser.add_argument("--bs", type=int, default=32, help="classifier batch size")
+    parser.add_argument("--general", default="ptb", choices=["ptb", "shakespeare", "none"])
+    parser.add_argument("--general-epochs", type=int, default=1)
+    parser.add_argument("--lm-epochs", type=int, default=1)
+    parser.add_argument("--lm-lr", type=float, default=2e-3)
+    parser.add_argument("--clf-lr", type=float, default=2e-2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--data", help="data root (default: $FASTLIGHT_DATA or ../shared/data)")
+    parser.add_argument("--no-fastai", action="store_true")
+    args = parser.parse_args()
+    common.prepare_process()
+    root = common.data_root(args.data)
+    fastai = common.import_fastai("fastai.text.all", not args.no_fastai)
+    peers = ["fastlight"] + (["fastai"] if fastai is not None else [])
+    results = {}
+    for peer in peers:
+        torch.manual_seed(0)
+        torch.set_num_threads(args.threads)
+        t = time.perf_counter()
+        results[peer] = fastlight_pipeline(args, root) if peer == "fastlight" else fastai_pipeline(args, root)
+        results[peer]["total s"] = time.perf_counter() - t
+        print(f"  {peer}: " + ", ".join(f"{k} {v:.3g}" for k, v in results[peer].items() if v is not None),
+              file=sys.stderr, flush=True)
+    keys = ["accuracy", "clf s/epoch", "step 2 s", "step 3 s", "total s"]
+    print(f"imdb_sample, AWD-LSTM {args.emb}/{args.hid}/{args.layers}, bptt {args.bptt}, step 1: {args.general}")
+    print(common.peers_table(peers, [common.Column(k, {p: results[p].get(k, float("nan")) for p in peers},
+                                                   ".3f" if k == "accuracy" else ".1f",
+                                                   ("fastai",) if k != "accuracy" else ()) for k in keys]))
+
+
+if __name__ == "__main__":
+    main()
