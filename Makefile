@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # A known-good PyTorch pair, installed only when the venv has no torch yet.
 # Bring your own build instead: make TORCH="torch torchvision --index-url <your wheel index>"
 TORCH ?= torch==2.14.1 torchvision==0.29.1
-EXTRAS ?= test,launchers,optuna
+EXTRAS ?= test,launchers,optuna,bench
 # Datasets: $FASTLIGHT_DATA if set, else a shared copy beside the checkout, else ./data (downloaded).
 FASTLIGHT_DATA ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),data)
 export FASTLIGHT_DATA

@@ -27,6 +27,7 @@ from types import SimpleNamespace
 import pytest
 
 from fastlight import compare
+from fastlight.tracking import liveness
 from fastlight.compare import smooth_loss
 
 BASE = ("task=mnist", "data=synthetic", "data.n_train=2000", "data.noise=1.5", "model=logistic", "optim=sgd",
@@ -176,7 +177,7 @@ def dead_pid() -> int:
 
 def test_a_run_that_died_without_a_word_shows_as_killed(sweep, tmp_path, capsys):
     """summary.json still says "running": its pid is gone on this host, or its heartbeat is stale elsewhere."""
-    long_ago = time.time() - 2 * compare.STALE_AFTER_S
+    long_ago = time.time() - 2 * liveness.STALE_AFTER_S
     heartbeat = {"updated_at_s": long_ago, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(long_ago))}
     for name, fields in {"gone": {"pid": dead_pid(), "host": socket.gethostname()},
                          "stale": {"pid": 1, "host": "elsewhere", **heartbeat},

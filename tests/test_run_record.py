@@ -62,7 +62,7 @@ def test_a_failed_run_keeps_the_best_validation_metrics_it_reached(train_run, ca
 
 
 def test_a_killed_run_is_recognised_by_its_heartbeat(tmp_path):
-    from fastlight.tracking.record import observed_status
+    from fastlight.tracking.liveness import observed_status
 
     run_dir = tmp_path / "run"
     code = ("import sys, time; sys.argv=['train.py', *sys.argv[1:]]; from fastlight.run import main; main()")
@@ -129,3 +129,24 @@ def test_bad_checkpoints_stop_with_one_sentence_before_any_data(tmp_path, good_c
     assert len(err) == 1 and expected in err[0] and str(path) in err[0], r.stderr[-1500:]
     assert "Traceback" not in r.stderr
     assert (path.read_bytes() if path.exists() else None) == before
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_corrupt_image_read_in_a_worker_gives_the_same_one_sentence(tmp_path, workers):
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    for split in ("train", "valid"):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(root / split / cls / f"{i}.png")
+    (root / "train" / "a" / "broken.png").write_bytes(b"\x89PNG not really")
+    r = _cli(["task=vision", "data=folder", f"data.path={root}", "model.arch=resnet18", "model.pretrained=false",
+              "task.stages=null", "data.size=16", "data.batch_size=20", f"data.num_workers={workers}",
+              "logger=csv", "callbacks.progress_bar=null", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert r.returncode == 2, r.stderr[-1500:]
+    err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "broken.png cannot be read as an image" in err[0], r.stderr[-1500:]
+    assert "Traceback" not in err[0] and "DataLoader worker" not in err[0]
+    assert "Traceback" not in summary(tmp_path / "run")["error"]

@@ -155,8 +155,10 @@ def plain_loop(cfg, flags: dict):
     import hydra
     import lightning as L
 
+    from fastlight.training.final_fit import data_kwargs
+
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = hydra.utils.instantiate(cfg.data)
+    dm = hydra.utils.instantiate(data_kwargs(cfg))
     dm.prepare_data()
     dm.setup("fit")
     model = hydra.utils.instantiate(cfg.model, **dm.dims)

@@ -18,23 +18,19 @@ imports nothing from here (the dependency goes one way).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import socket
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
 
+from fastlight.tracking.liveness import last_report, observed_status, timestamp
+
 LOWER_IS_BETTER = {"min": True, "max": False}
 STATUS_ORDER = {"completed": 0, "running": 1, "interrupted": 2, "killed": 2, "failed": 3}
-# A run on another host that has not refreshed its heartbeat (summary.json's `updated_at`, written
-# at least every epoch) for this long is taken for dead; on this host its pid answers for it.
-STALE_AFTER_S = 3600.0
 SMOOTH_BETA = 0.98  # fastai's Recorder / AvgSmoothLoss
 
 
@@ -58,25 +54,6 @@ def smooth_loss(steps: list[int], values: list[float], beta: float = SMOOTH_BETA
     return out
 
 
-def _timestamp(value) -> float | None:
-    """summary.json times: epoch seconds, or ISO text (local time when it carries no zone)."""
-    if isinstance(value, (int, float)):
-        return float(value)
-    with contextlib.suppress(TypeError, ValueError):
-        return datetime.fromisoformat(value).timestamp()
-    return None
-
-
-def _pid_gone(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except (OSError, ValueError, TypeError):  # not ours, or unknowable: not known to be dead
-        pass
-    return False
-
-
 @dataclass
 class Run:
     path: Path
@@ -89,19 +66,13 @@ class Run:
 
     @cached_property
     def status(self) -> str:
-        """summary.json's status, but "killed" for a "running" run whose process is gone (this host)
-        or that stopped reporting, as `fastlight.tracking.record.observed_status` reads it."""
-        s, last = self.summary, self.last_report
-        if s.get("status", "running") != "running":
-            return s["status"]
-        gone = s.get("pid") and s.get("host") == socket.gethostname() and _pid_gone(s["pid"])
-        return "killed" if gone or (last is not None and time.time() - last > STALE_AFTER_S) else "running"
+        """summary.json's status, but "killed" for a "running" run that died without a word."""
+        return observed_status(self.summary)
 
     @property
     def last_report(self) -> float | None:
         """When the run last wrote its summary (its heartbeat), if it says."""
-        s = self.summary
-        return _timestamp(s["updated_at_s"] if s.get("updated_at_s") is not None else s.get("updated_at"))
+        return last_report(self.summary)
 
     @property
     def metric_name(self) -> str:
@@ -118,7 +89,7 @@ class Run:
 
     @property
     def wall_time(self) -> float:
-        started = _timestamp(self.summary.get("started_at"))
+        started = timestamp(self.summary.get("started_at"))
         if self.status == "running" and started is not None:
             return max(time.time() - started, 0.0)
         if self.status == "killed" and started is not None and self.last_report is not None:
@@ -238,7 +209,7 @@ class Comparison:
             if self.replicated:
                 row["n"] = str(len(group))
             counts = every["status"].value_counts()
-            row["status"] = group[0].status if len(group) == 1 else ", ".join(
+            row["status"] = every["status"].iloc[0] if len(group) == 1 else ", ".join(
                 f"{n} {s}" for s, n in sorted(counts.items(), key=lambda x: STATUS_ORDER.get(x[0], 4)))
             row["wall"] = f"{every['wall'].mean():.1f}s"
             rows.append(row)
@@ -248,7 +219,7 @@ class Comparison:
 def _trusted(rows: pd.DataFrame) -> pd.DataFrame:
     """The replicates a configuration's numbers come from: its completed runs if it has any
     (a failed or killed replicate would skew the mean), else whatever its runs reached."""
-    done = rows[rows["status"] == "completed"]
+    done = rows[rows["status"].str.startswith("completed")]
     return done if len(done) else rows
 
 
@@ -268,7 +239,10 @@ def compare(runs: list[Run]) -> Comparison:
     metrics = key_metrics(runs, metric)
     sign = 1.0 if LOWER_IS_BETTER[mode] else -1.0
     frame = pd.DataFrame(
-        [{"run": r.name, "status": r.status, "order": STATUS_ORDER.get(r.status, 4), "wall": r.wall_time,
+        # A final fit (data.final_fit: trained on train + valid, scored on test) is not comparable
+        # with ordinary runs: it is listed after them, marked as such.
+        [{"run": r.name, "status": r.status + (" (final fit)" if r.summary.get("final_fit") else ""),
+          "order": STATUS_ORDER.get(r.status, 4) + (10 if r.summary.get("final_fit") else 0), "wall": r.wall_time,
           **{p: r.overrides.get(p, "") for p in params}, **{m: r.metric(m) for m in metrics}} for r in runs]
     ).set_index("run", drop=False)
     frame[metrics] = frame[metrics].astype(float)

@@ -47,6 +47,7 @@ def train(cfg: DictConfig) -> float:
     from fastlight.tracking.record import BestValidation, Heartbeat, RunRecord, resume_command
     from fastlight.training import fast_path
     from fastlight.training.checkpoints import CheckpointTag, check_checkpoint, check_checkpoint_fits
+    from fastlight.training.final_fit import data_kwargs, merge_valid_into_train, test_metric_name
 
     torch.set_flush_denormal(True)  # recurrent models crawl on denormal floats on CPU
     quiet_console()
@@ -75,6 +76,9 @@ def train(cfg: DictConfig) -> float:
     status, error, exit_code = "failed", None, 1
     metrics: dict[str, float] = {}
     extra: dict = {}
+    final_fit = bool(cfg.data.get("final_fit", False))
+    if final_fit:  # the metric comes from the test set, where there is one
+        record.data["optimized_metric"]["name"] = test_metric_name(cfg.optimized_metric.name)
     try:
         validate(cfg)
         if cfg.ckpt_path is not None:  # a wrong file stops the run before any data is read
@@ -82,9 +86,11 @@ def train(cfg: DictConfig) -> float:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
-        datamodule = hydra.utils.instantiate(cfg.data)
+        datamodule = hydra.utils.instantiate(data_kwargs(cfg))
         datamodule.prepare_data()  # downloads or stops with a clear message, before any training
         datamodule.setup("fit")
+        if final_fit:
+            extra.update(final_fit=True, **merge_valid_into_train(datamodule))
         model = hydra.utils.instantiate(cfg.model, **datamodule.dims)
         task = hydra.utils.instantiate(cfg.task, model=model, optim=cfg.optim, schedule=cfg.schedule)
         if cfg.ckpt_path is not None:
@@ -100,10 +106,13 @@ def train(cfg: DictConfig) -> float:
             loggers.append(
                 fl_wandb.make_wandb_logger(cfg.logger.wandb, run_dir, resolved, group, job_type, cfg.tags)
             )
-        trainer_kwargs = fast_path.plan(
-            OmegaConf.to_container(cfg.trainer, resolve=True), datamodule, task, lr_find=cfg.mode == "lr_find"
-        )
+        trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+        if final_fit:  # no validation at all: the validation rows are training rows now
+            trainer_kwargs.update(limit_val_batches=0, num_sanity_val_steps=0)
+        trainer_kwargs = fast_path.plan(trainer_kwargs, datamodule, task, lr_find=cfg.mode == "lr_find")
         callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values() if c is not None]
+        if final_fit:  # nothing to pick a best epoch by; last.ckpt stays
+            callbacks = [c for c in callbacks if getattr(c, "monitor", None) is None]
         callbacks += [fast_path.ValidateAtMaxSteps(), fast_path.ResumeInMemoryBatches(), best, heartbeat, CheckpointTag(task_name, cfg.task._target_)]
         callbacks = fast_path.drop_lr_monitor(callbacks, task)
         if not loggers:  # nothing to write learning rates to (logger=none)
@@ -127,6 +136,9 @@ def train(cfg: DictConfig) -> float:
                 # The final weights, as fastai reports them; best.ckpt is kept for the user.
                 for test_metrics in trainer.test(task, datamodule=datamodule, verbose=False):
                     metrics.update({k: v for k, v in test_metrics.items() if "/" in k})  # not the step axis
+            if final_fit and not _has_test(datamodule):
+                extra["note"] = "final fit without a test set: no optimized metric to record"
+                print(f"[fastlight] {extra['note']}")
             task_summary = getattr(task, "summarize", None)
             if task_summary is not None:
                 extra.update(task_summary(run_dir) or {})

@@ -19,6 +19,7 @@ def load_run(run_dir: str | Path, ckpt: str = "best", setup_data: bool = True):
     recorded (`dims`), so the run folder alone suffices, with no dataset on the machine.
     """
     from fastlight.training.checkpoints import check_checkpoint
+    from fastlight.training.final_fit import data_kwargs
 
     run_dir = Path(run_dir)
     config_file = run_dir / "config.yaml"
@@ -29,7 +30,7 @@ def load_run(run_dir: str | Path, ckpt: str = "best", setup_data: bool = True):
     if not path.is_file():
         raise FastlightError(f"no checkpoint at {path}; did the run finish an epoch?")
     state = check_checkpoint(path, cfg.task._target_)
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = hydra.utils.instantiate(data_kwargs(cfg))
     dims = state.get("fastlight", {}).get("dims")
     if setup_data or dims is None:
         datamodule.prepare_data()

@@ -58,31 +58,31 @@ def fastai_wgan(images: torch.Tensor, features: int, epochs: int, seed: int):
         order = 100
 
         def before_fit(self):
-            self.gen = self.crit = 0
-            self.seconds = 0.0
+            self.n_gen_steps = self.n_crit_steps = 0
+            self.train_seconds = 0.0
 
         def before_train(self):
-            self.t = time.perf_counter()
+            self.t0 = time.perf_counter()
 
         def after_train(self):
-            self.seconds += time.perf_counter() - self.t
+            self.train_seconds += time.perf_counter() - self.t0
 
         def before_batch(self):
-            self.mode = self.learn.gan_trainer.gen_mode  # the switcher may flip it in after_batch
+            self.gen_turn = self.learn.gan_trainer.gen_mode  # the switcher may flip it in after_batch
 
         def after_batch(self):
             if self.training:
-                if self.mode:
-                    self.gen += 1
+                if self.gen_turn:
+                    self.n_gen_steps += 1
                 else:
-                    self.crit += 1
+                    self.n_crit_steps += 1
 
     count = Count()
     learn = GANLearner.wgan(dls, gen, crit, opt_func=partial(Adam, mom=0.0), wd=0.0, cbs=[count])
     learn.recorder.train_metrics = learn.recorder.valid_metrics = False
     with learn.no_bar(), learn.no_logging():
         learn.fit(epochs, 2e-4)
-    return gen, count.seconds, count.gen, count.crit
+    return gen, count.train_seconds, count.n_gen_steps, count.n_crit_steps
 
 
 def main() -> int:

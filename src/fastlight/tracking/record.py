@@ -10,7 +10,7 @@
 and epoch end and at least once a minute (`updated_at`, with the best validation metrics so far),
 and rewritten atomically when the run ends, whatever the ending, so an interrupted or failed run
 keeps what it learnt. A run killed outright (SIGKILL, the machine gone) cannot write its ending:
-`observed_status` reads such a summary as "killed" (its process is gone, or it has not reported
+`fastlight.tracking.liveness.observed_status` reads such a summary as "killed" (its process is gone, or it has not reported
 for a long while), with the time it last reported. An unfinished run's summary holds the command
 line that resumes it from its last checkpoint.
 """
@@ -29,38 +29,14 @@ from pathlib import Path
 
 import lightning as L
 
+
+
 STATUSES = ("running", "completed", "failed", "interrupted")
 HEARTBEAT_S = 60.0  # a running run refreshes updated_at at least this often (and every epoch)
-STALE_AFTER_S = 3600.0  # a run on another host that has not reported for this long is read as killed
 
 
 def now_iso(t: float | None = None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() if t is None else t))
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def observed_status(summary: dict, now: float | None = None) -> str:
-    """The summary's status, except that a "running" run whose process is gone (same host) or that
-    has not reported for `STALE_AFTER_S` is "killed": nothing else can have stopped it silently."""
-    status = summary.get("status")
-    if status != "running":
-        return status
-    if summary.get("host") == socket.gethostname() and summary.get("pid"):
-        if not _process_alive(int(summary["pid"])):
-            return "killed"
-    updated = summary.get("updated_at_s")
-    if updated is not None and (now or time.time()) - float(updated) > STALE_AFTER_S:
-        return "killed"
-    return status
 
 
 def git_sha(cwd: Path | None = None) -> str | None:

@@ -235,6 +235,7 @@ def _param_chart(comp, param: str, color: dict[str, str]) -> str:
         labels = sorted({x for _, x, _ in points})
         xs = [labels.index(x) for _, x, _ in points]
         ax.set_xticks(range(len(labels)), labels)
+        ax.margins(x=0.5 / max(len(labels), 1))  # half a slot either side: no point on the frame
     else:
         if xs and min(xs) > 0 and max(xs) / min(xs) >= 20:
             ax.set_xscale("log")
