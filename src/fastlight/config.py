@@ -51,6 +51,14 @@ def check_choices(argv: list[str]) -> None:
     args = dict(a.split("=", 1) for a in argv if "=" in a and a[0].isalpha() and "(" not in a)
     sweep = next((a.split("=", 1)[1] for a in argv if a.startswith("+sweep=")), None)
     tasks = sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml"))
+    for group, value in args.items():  # the task-independent groups: optim=, schedule=, trainer=, ...
+        folder = CONF_DIR / group
+        if "." in group or group in ("task", *PER_TASK_GROUPS) or not folder.is_dir():
+            continue
+        valid = sorted(p.stem for p in folder.glob("*.yaml"))
+        for v in value.split(","):
+            if v not in valid and v != "null":
+                raise ConfigError(f"{group}={v} is not a choice; choose one of: {', '.join(valid)}")
     for task in args["task"].split(",") if "task" in args else [_sweep_task(sweep) or _default_task()]:
         if task not in tasks:
             raise ConfigError(f"unknown task {task!r}; available tasks: {', '.join(tasks)}")

@@ -40,7 +40,7 @@ def train(cfg: DictConfig) -> float:
     # optimizer step then probes NVML (~0.3 ms a step). Nothing here needs that probe.
     os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
     import torch
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
     from fastlight.tracking import wandb as fl_wandb
     from fastlight.tracking.console import quiet_console
@@ -120,8 +120,11 @@ def train(cfg: DictConfig) -> float:
 
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         trainer_kwargs.pop("_target_", None)
-        trainer = L.Trainer(**trainer_kwargs, callbacks=callbacks, logger=loggers or False,
-                            default_root_dir=str(run_dir))
+        try:
+            trainer = L.Trainer(**trainer_kwargs, callbacks=callbacks, logger=loggers or False,
+                                default_root_dir=str(run_dir))
+        except (ValueError, TypeError, MisconfigurationException) as e:  # a bad trainer.* value
+            raise ConfigError(f"trainer: {_first_line(e)}") from None
 
         if cfg.mode == "lr_find":
             extra["lr_find"] = _lr_find(cfg, trainer, task, datamodule, run_dir, loggers)

@@ -30,8 +30,19 @@ import time
 from pathlib import Path
 
 import torch
-from common import (Column, Epoch, EpochTimer, data_root, fastai_timer, import_fastai, median, peers_table,
-                    prepare_process, run_fastlight, timer_overrides)
+from common import (
+    Column,
+    Epoch,
+    EpochTimer,
+    data_root,
+    fastai_timer,
+    import_fastai,
+    median,
+    peers_table,
+    prepare_process,
+    run_fastlight,
+    timer_overrides,
+)
 
 prepare_process()
 
@@ -173,7 +184,7 @@ def bench_superres(root: Path, epochs: int, with_fastai: bool, limit: int) -> No
     print(peers_table(list(feat), speed_columns(feat)))
     # the restoration gain on CSet5 / CSet14
     bic_model, _, _, _ = fastlight_superres(path, epochs, "mse", degrade="bicubic", extra=lim + ["model.residual=true"])
-    crappy = dict(degrade="crappify", seed=SEED)
+    crappy = {"degrade": "crappify", "seed": SEED}
     for name in ("CSet5", "CSet14"):
         folder = root / "sr" / name
         for peer, m in models.items():
@@ -181,7 +192,7 @@ def bench_superres(root: Path, epochs: int, with_fastai: bool, limit: int) -> No
                 continue  # the validation PSNR above shows what residual changes; keep the CPU budget
             g = cset_gain(m, crappy, folder, None)
             cset_rows.append((name, f"{peer} (crappify)", g["psnr"], g["psnr_input"], g["psnr"] - g["psnr_input"]))
-        g = cset_gain(bic_model, dict(degrade="bicubic", scale=2, seed=SEED), folder, 2)
+        g = cset_gain(bic_model, {"degrade": "bicubic", "scale": 2, "seed": SEED}, folder, 2)
         cset_rows.append((name, "fastlight residual (bicubic x2)", g["psnr"], g["psnr_input"], g["psnr"] - g["psnr_input"]))
         cset_rows.append((name, "  same, Y channel, border 2", g["psnr_y"], g["psnr_y_input"],
                           g["psnr_y"] - g["psnr_y_input"]))

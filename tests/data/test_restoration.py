@@ -11,8 +11,14 @@ import torch
 from PIL import Image
 
 from fastlight.data import restoration
-from fastlight.data.restoration import (EpochSampler, RestorationData, SyntheticRestorationData, build_pairs,
-                                        crappify, degrade)
+from fastlight.data.restoration import (
+    EpochSampler,
+    RestorationData,
+    SyntheticRestorationData,
+    build_pairs,
+    crappify,
+    degrade,
+)
 from fastlight.errors import DataError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -38,7 +44,7 @@ def folder(tmp_path, monkeypatch):
 
 def test_crappify_is_seeded_shrinks_the_shorter_side_to_96_and_draws_the_quality():
     img = photo(200, 150)
-    data, q, (x, y) = crappify(img, random.Random(1))
+    data, _, (x, y) = crappify(img, random.Random(1))
     assert crappify(img, random.Random(1))[0] == data  # same seed, same bytes
     out = Image.open(io.BytesIO(data))
     assert out.format == "JPEG" and out.size == (128, 96)
@@ -87,7 +93,7 @@ def test_cache_is_reused_and_rebuilt_when_the_settings_or_the_source_change(fold
     photo(300, 200, seed=99).save(files[0])  # a source image changes
     changed, _ = build_pairs(folder, files, SETTINGS, seed=0, workers=1)
     assert changed not in (first, other) and len(calls) == 30
-    reseeded, m3 = build_pairs(folder, files, SETTINGS, seed=0, workers=1)
+    reseeded, _ = build_pairs(folder, files, SETTINGS, seed=0, workers=1)
     assert reseeded == changed and len(calls) == 30
 
 
@@ -95,7 +101,7 @@ def test_cache_built_in_parallel_equals_the_serial_one(folder, tmp_path):
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     serial, m1 = build_pairs(folder, files, SETTINGS, seed=3, workers=1)
     (serial / "manifest.json").unlink()  # force a rebuild into the same folder
-    parallel, m2 = build_pairs(folder, files, SETTINGS, seed=3, workers=2)
+    _, m2 = build_pairs(folder, files, SETTINGS, seed=3, workers=2)
     assert m1 == m2  # the same qualities and text spots, whatever the order the workers ran in
 
 

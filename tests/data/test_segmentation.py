@@ -12,7 +12,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from fastlight.data.segmentation import CamVidData, SegmentationData, SyntheticSegmentationData, seg_transforms
+from fastlight.data.segmentation import (
+    CamVidData,
+    SegmentationData,
+    SyntheticSegmentationData,
+    seg_transforms,
+)
 from fastlight.errors import ConfigError, DataError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -21,7 +26,7 @@ CODES = ["Sky", "Road", "Car", "Void"]
 
 
 def blocks(seed: int, h=24, w=32) -> tuple[Image.Image, Image.Image]:
-    """An image of 4x4-pixel... blocks whose red channel says the class (class * 60) and its mask."""
+    """An image of 8-pixel blocks whose red channel says the class (40 + 60 * class), and its mask."""
     rng = np.random.default_rng(seed)
     mask = rng.integers(0, 3, (h // 8, w // 8)).repeat(8, 0).repeat(8, 1).astype(np.uint8)
     img = np.stack([mask * 60 + 40, np.full_like(mask, 100), np.full_like(mask, 50)], -1).astype(np.uint8)

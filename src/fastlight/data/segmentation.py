@@ -109,7 +109,7 @@ class SegmentationBase(L.LightningDataModule):
         self.batch_size, self.batch_size_fallback = batch_size, int(batch_size_fallback)
         self.finder = dict(batch_size_finder or {})
         self.num_workers, self.seed = num_workers, seed
-        self.aug = dict(min_scale=min_scale, max_rotate=max_rotate, max_lighting=max_lighting, do_flip=do_flip)
+        self.aug = {"min_scale": min_scale, "max_rotate": max_rotate, "max_lighting": max_lighting, "do_flip": do_flip}
         self.codes: list[str] = []
         self.void: int | None = None
         self.train_ds = self.valid_ds = None
@@ -291,8 +291,8 @@ class SyntheticSegmentationData(SegmentationBase):
     """The twin with planted structure: shapes on a dark background, each pixel labelled by its shape
     (each kind drawn in its own hue, jittered), and a 2-pixel void frame that the metrics must ignore."""
 
-    CODES = ["background", "circle", "square", "triangle", "cross", "Void"]
-    COLOURS = [(230, 80, 80), (80, 220, 80), (90, 110, 240), (230, 220, 90)]  # a hue per kind, jittered
+    CODES = ("background", "circle", "square", "triangle", "cross", "Void")
+    COLOURS = ((230, 80, 80), (80, 220, 80), (90, 110, 240), (230, 220, 90))  # a hue per kind, jittered
 
     def __init__(self, n_train: int = 256, n_valid: int = 64, image_px: int = 32, size=32, batch_size=16,
                  num_workers: int = 0, **kwargs):

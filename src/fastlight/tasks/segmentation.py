@@ -20,7 +20,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassJaccardIndex
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassJaccardIndex,
+)
 
 from fastlight.data.segmentation import SegmentationBase, batch_size_callbacks
 from fastlight.errors import ConfigError, FastlightError
