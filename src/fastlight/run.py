@@ -44,9 +44,9 @@ def train(cfg: DictConfig) -> float:
 
     from fastlight.tracking import wandb as fl_wandb
     from fastlight.tracking.console import quiet_console
-    from fastlight.tracking.record import BestValidation, Heartbeat, RunRecord, resume_command
+    from fastlight.tracking.record import RunRecord, RunRecorder, resume_command
     from fastlight.training import fast_path
-    from fastlight.training.checkpoints import CheckpointTag, check_checkpoint, check_checkpoint_fits
+    from fastlight.training.checkpoints import check_checkpoint, check_checkpoint_fits
     from fastlight.training.final_fit import data_kwargs, merge_valid_into_train, test_metric_name
 
     torch.set_flush_denormal(True)  # recurrent models crawl on denormal floats on CPU
@@ -69,9 +69,9 @@ def train(cfg: DictConfig) -> float:
         optimized_metric=cfg.optimized_metric,
         extra={"overrides": overrides, "group": group},
     )
-    best = BestValidation(cfg.optimized_metric.name, cfg.optimized_metric.mode)
     ckpt_dir = run_dir / "checkpoints"
-    heartbeat = Heartbeat(record, best, ckpt_dir, overrides)
+    best = RunRecorder(record, cfg.optimized_metric.name, cfg.optimized_metric.mode, ckpt_dir, overrides,
+                       task_name, cfg.task._target_)
 
     status, error, exit_code = "failed", None, 1
     metrics: dict[str, float] = {}
@@ -113,8 +113,7 @@ def train(cfg: DictConfig) -> float:
         callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values() if c is not None]
         if final_fit:  # nothing to pick a best epoch by; last.ckpt stays
             callbacks = [c for c in callbacks if getattr(c, "monitor", None) is None]
-        callbacks += [fast_path.ValidateAtMaxSteps(), fast_path.ResumeInMemoryBatches(), best, heartbeat, CheckpointTag(task_name, cfg.task._target_)]
-        callbacks = fast_path.drop_lr_monitor(callbacks, task)
+        callbacks = fast_path.with_fast_path_callbacks([*callbacks, best], task)
         if not loggers:  # nothing to write learning rates to (logger=none)
             from lightning.pytorch.callbacks import LearningRateMonitor
 
@@ -146,8 +145,8 @@ def train(cfg: DictConfig) -> float:
             if task_summary is not None:
                 extra.update(task_summary(run_dir) or {})
         status, exit_code = "completed", 0
-    except SIGTERMException:  # Lightning stops at the next step boundary; Heartbeat saved last.ckpt
-        saved = heartbeat.sigterm_checkpoint
+    except SIGTERMException:  # Lightning stops at the next step boundary; the recorder saved last.ckpt
+        saved = best.sigterm_checkpoint
         status, exit_code = "interrupted", 143
         error = "stopped by SIGTERM" + (f"; checkpoint saved: {saved}" if saved else "")
     except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into SystemExit after its own cleanup

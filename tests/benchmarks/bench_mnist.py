@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from functools import partial
 import sys
 import tempfile
 import time
@@ -76,7 +77,12 @@ def run_loop(cfg, data, seed: int) -> tuple[float, float]:
     torch.manual_seed(seed)  # what seed_everything does before fastlight builds the model
     model = mlp(list(cfg.model.get("hidden", [])))
     o = cfg.optim
-    opt = torch.optim.Adam(model.parameters(), lr=o.lr, betas=(o.mom, o.sqr_mom), eps=o.eps, weight_decay=o.wd)
+    # adamw (the default, fastai's Adam): decoupled weight decay; adam: torch's coupled L2.
+    adam = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias")]  # fastai: no wd on biases
+    decay = [p for n, p in model.named_parameters() if not n.endswith("bias")]
+    opt = adam([{"params": decay, "weight_decay": o.wd}, {"params": no_decay, "weight_decay": 0.0}],
+               lr=o.lr, betas=(o.mom, o.sqr_mom), eps=o.eps)
     bs, n = cfg.data.batch_size, len(x)
     steps = math.ceil(n / bs)
     sched = one_cycle(opt, cfg, steps)
@@ -112,7 +118,9 @@ def run_fastai(cfg, data, seed: int) -> tuple[float, float]:
     loss = LabelSmoothingCrossEntropy(eps=ls) if ls else CrossEntropyLossFlat()
     o, s = cfg.optim, cfg.schedule
     timer = fastai_timer("train")
-    learn = Learner(dls, model, loss_func=loss, opt_func=Adam, cbs=[timer], wd=o.wd)
+    # fastai's Adam decouples weight decay by default (adamw); optim=adam is coupled L2.
+    opt_func = Adam if o.name == "adamw" else partial(Adam, decouple_wd=False)
+    learn = Learner(dls, model, loss_func=loss, opt_func=opt_func, cbs=[timer], wd=o.wd)
     with learn.no_bar(), learn.no_logging():
         learn.fit_one_cycle(
             1, o.lr, div=s.div, div_final=s.div_final, pct_start=s.pct_start, moms=tuple(s.moms),
@@ -143,8 +151,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench_mnist-") as tmp:
         cfg = compose(overrides, Path(tmp))
-    if cfg.optim.name != "adam" or cfg.schedule.name != "one_cycle":
-        sys.exit("the plain loop and fastai peers here are written for optim=adam schedule=one_cycle")
+    if cfg.optim.name not in ("adam", "adamw") or cfg.schedule.name != "one_cycle":
+        sys.exit("the plain loop and fastai peers here are written for optim=adam|adamw schedule=one_cycle")
 
     peers = ["fastlight", "loop"] + (["fastai"] if with_fastai else [])
     datasets: dict[int, MNISTData] = {}

@@ -215,7 +215,7 @@ class RestorationBase(L.LightningDataModule):
         self.min_scale, self.do_flip, self.seed = min_scale, do_flip, seed
         self.degrade, self.scale = degrade, int(scale)
         self.train_ds = self.valid_ds = self.test_ds = None
-        self.dims: dict = {}
+        self.dims: dict = {"n_out": 3}  # RGB out, whatever the degradation (grey in, colour out)
         self.has_test = False
 
     def set_size(self, size: int) -> None:

@@ -40,6 +40,13 @@ class Task(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        """`max_steps` reached mid-epoch: validate before stopping, so the run ends with its metric.
+        (Lightning would end such a run without validating; asking it to stop at the last step makes
+        its loop run the validation it runs before any early stop.)"""
+        if self.trainer.max_steps not in (None, -1) and self.global_step >= self.trainer.max_steps:
+            self.trainer.should_stop = True
+
     def check_finite(self, losses: torch.Tensor, first_step: int | None = None) -> None:
         """Stop with one sentence at the first non-finite loss of `losses` (this call's steps)."""
         finite = torch.isfinite(losses)

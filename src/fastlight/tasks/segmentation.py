@@ -85,9 +85,8 @@ class SegmentationTask(Task):
         return callbacks + [self._staged]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # What inference needs without the data: the classes and the model's output channels.
+        # What inference needs without the data: the class names (for masks and overlays) and void.
         checkpoint["fastlight_codes"], checkpoint["fastlight_void"] = self.codes, self.void
-        checkpoint["fastlight_dims"] = {"n_out": len(self.codes)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.codes = checkpoint.get("fastlight_codes", self.codes)

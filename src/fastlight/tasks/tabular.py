@@ -112,7 +112,7 @@ class TabularTask(FastPath, Task):
 
     # --- the procs travel with the weights ------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # With the model's sizes (fastlight.training.checkpoints.CheckpointTag), the procs let
+        # With the model's sizes (fastlight.training.checkpoints.tag), the procs let
         # `predict` rebuild the run from its folder alone, without the training data.
         checkpoint["tabular"] = {"procs": self.procs.state_dict()}
 

@@ -137,30 +137,59 @@ def resume_command(overrides: list[str], ckpt: Path) -> str:
     return shlex.join(["python", "train.py", *kept, f"ckpt_path={ckpt}"])
 
 
-class Heartbeat(L.Callback):
-    """Keeps `summary.json` current while training: best metrics so far, `updated_at`, the resume
-    command; and on SIGTERM (what SLURM sends before preemption) saves `last.ckpt` at the step
-    boundary where Lightning stops, so the run can continue."""
+class RunRecorder(L.Callback):
+    """What a run records about itself while it trains, as one callback (each callback costs on
+    every optimizer step, for every per-step hook, so the run's own bookkeeping is one):
 
-    def __init__(self, record: RunRecord, best: "BestValidation", ckpt_dir: Path, overrides: list[str]):
-        self.record, self.best, self.ckpt_dir, self.overrides = record, best, Path(ckpt_dir), list(overrides)
+    - the best validation metrics: every `val/*` metric as it was at the epoch where the monitored
+      metric was best (`metrics`, `epoch`), kept in checkpoints so a resumed run knows them;
+    - `summary.json` kept current: those metrics, `updated_at` (every validation and epoch end, at
+      least every minute), and the command that resumes the run;
+    - on SIGTERM (what SLURM sends before preemption), `last.ckpt` saved at the step boundary where
+      Lightning stops, so the run can continue;
+    - in every checkpoint, the task that wrote it and the model's sizes (`checkpoints.tag`).
+    """
+
+    def __init__(self, record: RunRecord, monitor: str, mode: str, ckpt_dir: Path, overrides: list[str],
+                 task: str, target: str):
+        self.record, self.monitor, self.mode = record, monitor, mode
+        self.ckpt_dir, self.overrides = Path(ckpt_dir), list(overrides)
+        self.task, self.target = task, target
+        self.best: float | None = None
+        self.metrics: dict[str, float] = {}
+        self.epoch: int | None = None
         self.sigterm_checkpoint: Path | None = None
 
-    def _beat(self, trainer) -> None:
+    # --- the best validation metrics ---------------------------------------------------------------
+    def on_validation_end(self, trainer, pl_module):  # after the module's own epoch-end logging
+        if trainer.sanity_checking:
+            return
+        current = trainer.callback_metrics.get(self.monitor)
+        if current is not None and math.isfinite(float(current)):
+            current = float(current)
+            if self.best is None or (current < self.best if self.mode == "min" else current > self.best):
+                self.best, self.epoch = current, trainer.current_epoch
+                self.metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        self.beat()
+
+    def state_dict(self):
+        return {"best": self.best, "metrics": self.metrics, "epoch": self.epoch}
+
+    def load_state_dict(self, state):
+        self.best, self.metrics, self.epoch = state["best"], state["metrics"], state["epoch"]
+
+    # --- the heartbeat -----------------------------------------------------------------------------
+    def beat(self) -> None:
         last = self.ckpt_dir / "last.ckpt"
         resume = resume_command(self.overrides, last) if last.is_file() else None
-        self.record.progress(self.best.metrics, self.best.epoch, resume)
-
-    def on_validation_end(self, trainer, pl_module):
-        if not trainer.sanity_checking:
-            self._beat(trainer)
+        self.record.progress(self.metrics, self.epoch, resume)
 
     def on_train_epoch_end(self, trainer, pl_module):
-        self._beat(trainer)
+        self.beat()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if time.time() - self.record.last_save > HEARTBEAT_S:
-            self._beat(trainer)
+            self.beat()
 
     def on_exception(self, trainer, pl_module, exception):
         from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -169,33 +198,10 @@ class Heartbeat(L.Callback):
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             self.sigterm_checkpoint = self.ckpt_dir / "last.ckpt"
             trainer.save_checkpoint(self.sigterm_checkpoint)
-            self._beat(trainer)
+            self.beat()
 
+    # --- checkpoints -------------------------------------------------------------------------------
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        from fastlight.training.checkpoints import tag
 
-class BestValidation(L.Callback):
-    """Keeps every `val/*` metric as it was at the epoch where the monitored metric was best."""
-
-    def __init__(self, monitor: str, mode: str):
-        self.monitor, self.mode = monitor, mode
-        self.best: float | None = None
-        self.metrics: dict[str, float] = {}
-        self.epoch: int | None = None
-
-    def on_validation_end(self, trainer, pl_module):  # after the module's own epoch-end logging
-        if trainer.sanity_checking:
-            return
-        current = trainer.callback_metrics.get(self.monitor)
-        if current is None:
-            return
-        current = float(current)
-        better = self.best is None or (current < self.best if self.mode == "min" else current > self.best)
-        if better and math.isfinite(current):
-            self.best = current
-            self.epoch = trainer.current_epoch
-            self.metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-
-    def state_dict(self):
-        return {"best": self.best, "metrics": self.metrics, "epoch": self.epoch}
-
-    def load_state_dict(self, state):
-        self.best, self.metrics, self.epoch = state["best"], state["metrics"], state["epoch"]
+        tag(checkpoint, self.task, self.target, getattr(trainer.datamodule, "dims", None))

@@ -3,7 +3,7 @@
 A run started with `ckpt_path=...` must not load data, build loggers or touch any file before it
 knows the checkpoint is usable: missing, empty, truncated, not a checkpoint, another task's, or
 another model shape each stop the run with one sentence naming the file (exit 2).
-Checkpoints are tagged with the task that wrote them (`CheckpointTag`), which is how "another
+Checkpoints are tagged with the task that wrote them (`tag`, from the run's recorder), which is how "another
 task" is recognised; the parameter names and shapes tell "another model shape".
 """
 
@@ -58,13 +58,7 @@ def check_checkpoint_fits(path: str | Path, state: dict, task: L.LightningModule
         raise CheckpointError(f"ckpt_path={path}: the checkpoint is for another model shape ({what})")
 
 
-class CheckpointTag(L.Callback):
-    """Writes into each checkpoint which task made it (so a resume can check it) and the sizes the
-    model was built with (`datamodule.dims`, so `load_run` can rebuild it without the data)."""
-
-    def __init__(self, task: str, target: str):
-        self.task, self.target = task, target
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        dims = getattr(trainer.datamodule, "dims", None)
-        checkpoint[TAG] = {"task": self.task, "target": self.target, "dims": dict(dims) if dims else None}
+def tag(checkpoint: dict, task: str, target: str, dims: dict | None) -> None:
+    """Write into a checkpoint which task made it (so a resume can check it) and the sizes the model
+    was built with (`datamodule.dims`, so `load_run` can rebuild it without the data)."""
+    checkpoint[TAG] = {"task": task, "target": target, "dims": dict(dims) if dims else None}

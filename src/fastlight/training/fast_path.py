@@ -91,7 +91,7 @@ class FastPath:
             if max_steps not in (None, -1) and self.global_step >= max_steps:
                 break
             loss = self.training_loss(b)
-            opt.zero_grad(set_to_none=True)
+            opt.optimizer.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             opt.step()
             if sched is not None:
@@ -130,11 +130,12 @@ def learning_rates(optimizer) -> dict[str, float]:
     return {f"{base}/{g.get('name', f'pg{i + 1}')}": g["lr"] for i, g in enumerate(groups)}
 
 
-def drop_lr_monitor(callbacks: list, task) -> list:
-    """On the fast path the task logs learning rates itself, on the optimizer-step axis."""
+def with_fast_path_callbacks(callbacks: list, task) -> list:
+    """On the fast path the task logs learning rates itself, on the optimizer-step axis (Lightning's
+    LearningRateMonitor would log on the call axis), and a mid-epoch resume needs the loader's place."""
     if task.automatic_optimization:
         return callbacks
-    return [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    return [c for c in callbacks if not isinstance(c, LearningRateMonitor)] + [ResumeInMemoryBatches()]
 
 
 class ResumeInMemoryBatches(Callback):
@@ -155,17 +156,6 @@ class ResumeInMemoryBatches(Callback):
         if self.state and hasattr(loader, "load_state_dict"):
             loader.load_state_dict(self.state)
         self.state = None
-
-
-class ValidateAtMaxSteps(Callback):
-    """`max_steps` reached mid-epoch: validate before stopping, so the run ends with its metric.
-
-    Lightning itself ends such a run without validating; asking it to stop (`should_stop`) at the
-    last step makes its loop run the validation it runs before any early stop."""
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps:
-            trainer.should_stop = True
 
 
 class StepProgressBar(TQDMProgressBar):
