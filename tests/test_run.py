@@ -164,7 +164,7 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     [
         (["task=nope"], "unknown task 'nope'; available tasks:"),
         (["task=mnist", "data=ml100k"], "data=ml100k is not available for task=mnist; choose one of: mnist, synthetic"),
-        (["task=mnist", "optim.lrr=1"], "Key 'lrr' is not in struct"),
+        (["task=mnist", "optim.lrr=1"], "optim.lrr is not a config key; did you mean optim.lr?"),
     ],
 )
 def test_config_mistakes_give_one_clear_message(args, expected):

@@ -209,9 +209,10 @@ def _user_error(e: BaseException) -> str | None:
     return msg
 
 
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else ""
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (hydra's instantiate puts the cause on a second line)."""
+    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _lr_find(cfg, trainer, task, datamodule, run_dir: Path, loggers) -> dict:

@@ -21,8 +21,16 @@ import time
 from functools import partial
 
 import torch
-from common import (Column, EpochTimer, data_root, import_fastai, peers_table, prepare_process, run_fastlight,
-                    timer_overrides)
+from common import (
+    Column,
+    EpochTimer,
+    data_root,
+    import_fastai,
+    peers_table,
+    prepare_process,
+    run_fastlight,
+    timer_overrides,
+)
 
 prepare_process()
 

@@ -43,7 +43,8 @@ def stream_perplexity(model, batches) -> float:
 def ptb_data(root, bs: int, bptt: int):
     from fastlight.data.text.lm import PTB
 
-    dm = PTB(root=str(root), train="valid", download=False, batch_size=bs, bptt=bptt, n_workers=1)
+    # data=ptb's settings (min_freq 1: PTB is already cut to its vocabulary), so both peers read the same ids
+    dm = PTB(root=str(root), train="valid", download=False, batch_size=bs, bptt=bptt, n_workers=1, min_freq=1)
     dm.setup("fit")
     return dm
 

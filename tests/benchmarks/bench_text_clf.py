@@ -18,6 +18,7 @@ step's seconds, the classifier's seconds per epoch, final validation accuracy, a
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 
@@ -80,7 +81,7 @@ def fastai_pipeline(args, root) -> dict:
         learn.fit_one_cycle(args.lm_epochs, args.lm_lr)
     learn.save_encoder("bench_enc")
     out["step 2 s"] = time.perf_counter() - t
-    out["step 2 ppl"] = float(learn.recorder.values[-1][-1]) if learn.recorder.values else float("nan")
+    out["step 2 ppl"] = math.exp(float(learn.recorder.values[-1][1]))  # [train_loss, valid_loss]
     t = time.perf_counter()
     dls = TextDataLoaders.from_df(df, text_col="text", label_col="label", valid_col="is_valid", bs=args.bs,
                                   seq_len=args.bptt, text_vocab=dls_lm.vocab)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import typing
+
 import lightning as L
 import pytest
 import torch
@@ -9,9 +11,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from fastlight.data.restoration import SyntheticRestorationData
+from fastlight.errors import ConfigError
 from fastlight.models.gan import unet_gan
 from fastlight.tasks.gan import GanTask, parse_gan_stages, patch_bce
-from fastlight.errors import ConfigError
 
 OPTIM = {"name": "adamw", "lr": 1e-4, "mom": 0.0, "sqr_mom": 0.99, "eps": 1e-5, "wd": 1e-3}
 
@@ -130,7 +132,7 @@ def test_killed_in_the_gan_phase_a_run_resumes_at_the_same_switcher_position_and
 class FirstStep(L.Callback):
     """What a run's task holds when training starts (kept on the class: Hydra builds the instance)."""
 
-    seen: dict = {}
+    seen: typing.ClassVar[dict] = {}
 
     def on_train_start(self, trainer, pl_module):
         FirstStep.seen = {"stages": [s.phase for s in pl_module.stages],

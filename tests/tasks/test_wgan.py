@@ -9,7 +9,12 @@ from torch import nn
 
 from fastlight.data.wgan import Mixture2D, SyntheticBlobs
 from fastlight.models.gan import dcgan, mlp_gan
-from fastlight.tasks.wgan import AdaptiveSwitcher, FixedSwitcher, WganTask, gradient_penalty
+from fastlight.tasks.wgan import (
+    AdaptiveSwitcher,
+    FixedSwitcher,
+    WganTask,
+    gradient_penalty,
+)
 
 OPTIM = {"name": "adam", "lr": 2e-4, "mom": 0.0, "sqr_mom": 0.99, "eps": 1e-5, "wd": 0.0}
 
@@ -73,7 +78,7 @@ class StepRecorder(L.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         critic_opt = optimizer is trainer.optimizers[0]
-        has = lambda m: any(p.grad is not None for p in m.parameters())  # noqa: E731
+        has = lambda m: any(p.grad is not None for p in m.parameters())
         self.steps.append(("C" if critic_opt else "G", has(pl_module.model.critic), has(pl_module.model.generator)))
 
 

@@ -202,7 +202,7 @@ class Cifar10Gan(ImageGanData):
 
         try:
             return CIFAR10(str(self.folder), train=train, download=self.download)
-        except Exception as e:  # URLError, RuntimeError("Dataset not found"), checksum errors
+        except Exception as e:  # noqa: BLE001  URLError, RuntimeError("Dataset not found"), checksum errors
             raise DataError(
                 f"CIFAR-10 is not in {self.folder} and could not be downloaded ({type(e).__name__}); "
                 "put cifar-10-python.tar.gz there or run where the internet is reachable"

@@ -99,6 +99,7 @@ def basic_critic(in_size: int, n_channels: int, n_features: int = 64, n_extra_la
         ftrs, size = ftrs * 2, size // 2
     final = nn.Conv2d(ftrs, 1, 4, padding=0)
     nn.init.kaiming_normal_(final.weight)
+    nn.init.zeros_(final.bias)  # fastai's init_default
     layers += [final, nn.Flatten()]
     return nn.Sequential(*layers)
 

@@ -19,6 +19,7 @@ for MNIST); at the end the grids become `samples.gif` in the run folder.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import lightning as L
@@ -71,12 +72,14 @@ class AdaptiveSwitcher(FixedSwitcher):
 
 
 def make_switcher(cfg: dict | None) -> FixedSwitcher:
+    """From `{name, n_crit, n_gen, critic_thresh, gen_thresh}`: each kind reads its own keys, so the
+    config keeps all of them and `task.switcher.name=adaptive` is one override."""
     cfg = dict(cfg or {"name": "fixed"})
-    name = cfg.pop("name", "fixed")
+    name = cfg.get("name", "fixed")
     if name == "fixed":
-        return FixedSwitcher(**cfg)
+        return FixedSwitcher(int(cfg.get("n_crit", 5)), int(cfg.get("n_gen", 1)))
     if name == "adaptive":
-        return AdaptiveSwitcher(**cfg)
+        return AdaptiveSwitcher(cfg.get("critic_thresh", 0.65), cfg.get("gen_thresh"))
     raise ConfigError(f"task.switcher.name={name!r} must be fixed or adaptive")
 
 
@@ -103,8 +106,8 @@ def build_adam(params, optim: dict, lr_mult: float = 1.0) -> torch.optim.Optimiz
     """Adam from the optim config: betas (mom, sqr_mom); adamw: decoupled weight decay (fastai's)."""
     name, lr, wd = optim.get("name", "adam"), optim["lr"], float(optim.get("wd", 0.0))
     lr = float(lr if isinstance(lr, (int, float)) else list(lr)[-1]) * lr_mult  # [hi] / [lo, hi]: hi
-    kw = dict(lr=lr, betas=(float(optim.get("mom", 0.0)), float(optim.get("sqr_mom", 0.99))),
-              eps=float(optim.get("eps", 1e-5)), weight_decay=wd)
+    kw = {"lr": lr, "betas": (float(optim.get("mom", 0.0)), float(optim.get("sqr_mom", 0.99))),
+          "eps": float(optim.get("eps", 1e-5)), "weight_decay": wd}
     if name == "adamw":
         return torch.optim.AdamW(params, **kw)
     if name == "adam":
@@ -114,7 +117,7 @@ def build_adam(params, optim: dict, lr_mult: float = 1.0) -> torch.optim.Optimiz
 
 def check_finite(loss: torch.Tensor, what: str, step: int) -> float:
     value = float(loss.detach())
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise NonFiniteLossError(
             f"the {what} loss became {value} at step {step}; try a lower learning rate (optim.lr). "
             "Checkpoints and records written before this step are kept."
@@ -313,7 +316,7 @@ def generate(run_dir: str | Path, n: int = 64, out: str | Path | None = None, se
         raise ConfigError(f"{run_dir} generates points, not images; generate draws image grids")
     out = Path(out or Path(run_dir) / "generated.png")
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image_grid(samples, nrow=max(1, int(round(n**0.5))))).save(out)
+    Image.fromarray(image_grid(samples, nrow=max(1, round(n**0.5)))).save(out)
     return out
 
 
