@@ -15,6 +15,8 @@ Set5/Set14, and peak memory. CPU, 2 threads, from scratch (no pretrained weights
    fit_one_cycle(6, 3e-3), images/s and acc_camvid (20% random validation, seed 42).
 5. peak resident memory (child processes): one 256 px training step at batch size 8 with the
    feature loss, and `fastlight restore` on a 2000x2000 photo.
+6. the training step alone, both U-Nets alternating on the same batch: steadier than whole epochs
+   when other jobs share the machine.
 
     flock /tmp/fastlight-bench.lock python tests/benchmarks/bench_unet.py            # ~15 min here
     python tests/benchmarks/bench_unet.py --only camvid memory
@@ -239,6 +241,43 @@ def bench_camvid(root: Path, epochs: int, with_fastai: bool) -> None:
     print(peers_table(peers, [*speed_columns(rows), Column("acc_camvid", {p: rows[p][1] for p in peers}, ".3f")]))
 
 
+# --- 6: the training step alone, interleaved (steadier than whole epochs on a shared machine) ---------
+def bench_step(repeats: int, with_fastai: bool) -> None:
+    """Seconds per optimizer step of the two U-Nets on the same batch (128 px, bs 8, MSE), alternating."""
+    from fastlight.models.unet import DynamicUnet
+
+    torch.manual_seed(SEED)
+    x, y = torch.randn(BS, 3, SIZE, SIZE), torch.randn(BS, 3, SIZE, SIZE)
+    models = {"fastlight": DynamicUnet("resnet34", 3, pretrained=False, blur=True, norm_type="weight",
+                                       self_attention=True, y_range=(-3.0, 3.0), img_size=SIZE)}
+    if with_fastai:
+        import fastai.vision.all as fv
+
+        body = fv.create_body(fv.resnet34(), pretrained=False)
+        models["fastai"] = fv.models.unet.DynamicUnet(body, 3, (SIZE, SIZE), blur=True, norm_type=fv.NormType.Weight,
+                                                      self_attention=True, y_range=(-3.0, 3.0))
+    opts = {k: torch.optim.AdamW(m.parameters(), LR) for k, m in models.items()}
+    times: dict[str, list] = {k: [] for k in models}
+
+    def step(name):
+        m = models[name].train()
+        t0, c0 = time.perf_counter(), time.process_time()
+        loss = torch.nn.functional.mse_loss(m(x), y)
+        opts[name].zero_grad()
+        loss.backward()
+        opts[name].step()
+        return time.perf_counter() - t0, time.process_time() - c0
+
+    for name in models:
+        step(name)  # warm-up
+    for rep in range(repeats):
+        for name in (list(models) if rep % 2 == 0 else list(models)[::-1]):
+            times[name].append(step(name))
+    rows = {k: ((BS / median(t[0] for t in v), BS / median(t[1] for t in v)),) for k, v in times.items()}
+    print(f"\n## the training step alone: resnet34 U-Net, {SIZE} px, bs {BS}, MSE, {repeats} steps each, alternating")
+    print(peers_table(list(rows), speed_columns(rows)))
+
+
 # --- 5: memory --------------------------------------------------------------------------------------------
 STEP = """
 import resource, torch
@@ -293,8 +332,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="superres epochs (default 2, as the issue's fastai run)")
     parser.add_argument("--limit", type=int, default=48, help="superres: the first N hymenoptera/train images")
     parser.add_argument("--camvid-epochs", type=int, default=3)
-    parser.add_argument("--only", nargs="+", choices=["superres", "camvid", "memory"],
-                        default=["superres", "camvid", "memory"])
+    parser.add_argument("--only", nargs="+", choices=["superres", "camvid", "memory", "step"],
+                        default=["superres", "camvid", "memory", "step"])
+    parser.add_argument("--step-repeats", type=int, default=8)
     parser.add_argument("--no-fastai", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
@@ -306,6 +346,8 @@ def main() -> None:
         bench_camvid(root, args.camvid_epochs, with_fastai)
     if "memory" in args.only:
         bench_memory(root)
+    if "step" in args.only:
+        bench_step(args.step_repeats, with_fastai)
 
 
 if __name__ == "__main__":

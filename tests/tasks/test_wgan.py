@@ -153,3 +153,29 @@ def test_a_run_resumed_from_last_ckpt_continues_exactly_as_an_uninterrupted_one(
         for pa, pb in zip(sa["state"].values(), sb["state"].values()):
             for key in pa:
                 torch.testing.assert_close(pa[key], pb[key], rtol=0, atol=0)
+
+
+def test_one_switcher_config_holds_both_kinds_and_each_reads_its_own_keys():
+    from fastlight.errors import ConfigError
+    from fastlight.tasks.wgan import make_switcher
+
+    cfg = {"name": "fixed", "n_crit": 2, "n_gen": 1, "critic_thresh": 0.65, "gen_thresh": None}
+    assert run_modes(make_switcher(cfg), [0.9] * 6) == "CCGCCG"
+    assert run_modes(make_switcher({**cfg, "name": "adaptive"}), [0.9, 0.5, 0.9, 0.9]) == "CCGC"
+    with pytest.raises(ConfigError, match="task.switcher.name='both'"):
+        make_switcher({**cfg, "name": "both"})
+
+
+def test_fastlight_generate_draws_a_grid_from_the_run_folder_alone(train_run, tmp_path, one_thread):
+    from PIL import Image
+
+    from fastlight.cli import main
+
+    _, run = train_run("task=wgan", "data=blobs", "data.n_train=64", "data.n_valid=32", "model.n_features=8",
+                       "model.noise_size=16", "logger=csv", "callbacks.progress_bar=null", "torch_threads=1",
+                       run_dir=tmp_path / "run")
+    out = tmp_path / "grid.png"
+    assert main(["generate", str(run), "--n", "9", "--out", str(out)]) == 0
+    grid = Image.open(out)
+    assert grid.size == (3 * 8 + 4 * 2, 3 * 8 + 4 * 2)  # 3 x 3 samples of 8 px, 2 px padding
+    assert main(["generate", str(tmp_path), "--n", "4"]) == 2  # not a run folder: one line, exit 2

@@ -87,6 +87,7 @@ class GanTask(L.LightningModule):
                  generator: str | None = None, critic: str | None = None, n_grid: int = 4,
                  moms: tuple = (0.95, 0.85, 0.95)):
         super().__init__()
+        self.automatic_optimization = False  # two optimizers take turns: Lightning's manual optimization
         from fastlight.tasks.superres import image_metrics
 
         self.model, self.optim = model, dict(optim)
@@ -103,14 +104,6 @@ class GanTask(L.LightningModule):
         self.val_metrics = image_metrics()
         self.history: list[dict] = []  # per epoch: stage, phase, val psnr/ssim/critic_acc (kept in checkpoints)
         self._grid = None
-
-    @property
-    def automatic_optimization(self) -> bool:  # two optimizers: always manual (see WganTask)
-        return False
-
-    @automatic_optimization.setter
-    def automatic_optimization(self, value: bool) -> None:
-        pass
 
     def forward(self, x):
         return self.model.generator(x)

@@ -186,6 +186,7 @@ class WganTask(L.LightningModule):
         noise_seed: int = 0,
     ):
         super().__init__()
+        self.automatic_optimization = False  # two optimizers take turns: Lightning's manual optimization
         if penalty not in ("clip", "gp"):
             raise ConfigError(f"task.penalty={penalty!r} must be clip (the lesson's weight clipping) or gp")
         if dict(schedule).get("name", "constant") != "constant":
@@ -198,16 +199,6 @@ class WganTask(L.LightningModule):
         # Buffers: saved in checkpoints, so a resumed run and `fastlight generate` draw the same grid.
         self.register_buffer("fixed_noise", torch.randn(n_samples, model.noise_size, generator=g))
         self.register_buffer("quality_noise", torch.randn(self.n_quality, model.noise_size, generator=g))
-
-    # Two optimizers alternate: always Lightning's manual optimization, whatever a run-level
-    # planner (fastlight.training.fast_path.plan) would choose for single-optimizer tasks.
-    @property
-    def automatic_optimization(self) -> bool:
-        return False
-
-    @automatic_optimization.setter
-    def automatic_optimization(self, value: bool) -> None:
-        pass
 
     def forward(self, noise: torch.Tensor) -> torch.Tensor:
         return self.model.generator(noise)

@@ -55,7 +55,7 @@ def fast_path_blockers(trainer_kwargs: dict, lr_find: bool = False) -> list[str]
 def plan(trainer_kwargs: dict, datamodule, task, lr_find: bool = False) -> dict:
     """Choose K (optimizer steps per Lightning call) for this run; return the Trainer's kwargs.
 
-    Sets `datamodule.steps_per_call` and `task.automatic_optimization` to match.
+    Sets `datamodule.steps_per_call` and, for a `FastPath` task, `task.automatic_optimization` to match.
     """
     kwargs = dict(trainer_kwargs)
     k = int(getattr(datamodule, "steps_per_call", 1) or 1)
@@ -67,7 +67,8 @@ def plan(trainer_kwargs: dict, datamodule, task, lr_find: bool = False) -> dict:
             k = math.gcd(k, v)
     if hasattr(datamodule, "steps_per_call"):
         datamodule.steps_per_call = k
-    task.automatic_optimization = k == 1
+    if isinstance(task, FastPath):  # other tasks keep their own choice (a GAN's manual optimization)
+        task.automatic_optimization = k == 1
     if k > 1:
         for key in COUNTED_IN_STEPS:
             v = kwargs.get(key)
