@@ -20,10 +20,9 @@ import math
 import sys
 import time
 
+import common
 import torch
 import torch.nn.functional as F
-
-import common
 
 
 @torch.no_grad()
@@ -67,7 +66,13 @@ def run_fastlight(args, root) -> dict:
 
 def run_fastai(args, dm) -> dict:
     from fastai.callback.training import GradientClip, ShortEpochCallback
-    from fastai.text.all import (AWD_LSTM, DataLoaders, LMDataLoader, accuracy, language_model_learner)
+    from fastai.text.all import (
+        AWD_LSTM,
+        DataLoaders,
+        LMDataLoader,
+        accuracy,
+        language_model_learner,
+    )
 
     ids, _ = dm.splits["train"]
     train = LMDataLoader([ids], bs=args.bs, seq_len=args.bptt, shuffle=True)

@@ -22,9 +22,8 @@ import math
 import sys
 import time
 
-import torch
-
 import common
+import torch
 
 
 def size_overrides(args) -> list[str]:
@@ -66,11 +65,18 @@ def fastlight_pipeline(args, root) -> dict:
 
 def fastai_pipeline(args, root) -> dict:
     import pandas as pd
-    from fastai.text.all import (AWD_LSTM, TextDataLoaders, accuracy, awd_lstm_clas_config, awd_lstm_lm_config,
-                                 language_model_learner, text_classifier_learner)
+    from fastai.text.all import (
+        AWD_LSTM,
+        TextDataLoaders,
+        accuracy,
+        awd_lstm_clas_config,
+        awd_lstm_lm_config,
+        language_model_learner,
+        text_classifier_learner,
+    )
 
     df = pd.read_csv(root / "imdb_sample" / "texts.csv")
-    size = dict(emb_sz=args.emb, n_hid=args.hid, n_layers=args.layers)
+    size = {"emb_sz": args.emb, "n_hid": args.hid, "n_layers": args.layers}
     out = {}
     t = time.perf_counter()
     dls_lm = TextDataLoaders.from_df(df, text_col="text", is_lm=True, valid_col="is_valid", bs=64, seq_len=args.bptt)

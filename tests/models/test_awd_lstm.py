@@ -19,7 +19,7 @@ from fastlight.models.awd_lstm import (
 )
 from fastlight.tasks.lm import ar_tar
 
-SMALL = dict(emb_sz=8, n_hid=12, n_layers=3)
+SMALL = {"emb_sz": 8, "n_hid": 12, "n_layers": 3}
 
 
 def leaf_tree(model: nn.Module) -> list[tuple[str, str]]:

@@ -132,7 +132,7 @@ def test_lr_scaled_by_sequence_length_with_variable_bptt(tmp_path):
 
 
 def test_detokenize_applies_fastai_case_tokens():
-    assert detokenize("xxbos xxmaj the movie was xxup great , really !".split()) == "The movie was GREAT, really!"
+    assert detokenize(["xxbos", "xxmaj", "the", "movie", "was", "xxup", "great", ",", "really", "!"]) == "The movie was GREAT, really!"
 
 
 # --- through the config, on text-data's synthetic grammar ------------------------------------------
@@ -167,9 +167,10 @@ def test_run_folder_alone_generates_text(train_run, tmp_path):
     assert text == generate_text(run_dir, "xxbos key1 the", words=12, seed=0)  # seeded: reproducible
     from fastlight.cli import main
 
-    assert main(["generate", str(run_dir), "--n", "6", "--seed", "0"]) == 0  # the command, from the folder
+    # the command, from the folder: fastlight generate <run> "<prompt>" --words 6
+    assert main(["generate", str(run_dir), "xxbos key1", "--words", "6", "--temperature", "0.75", "--seed", "0"]) == 0
     written = (run_dir / "generated.txt").read_text().split()
-    assert 3 <= len(written) <= 6  # six tokens, case and punctuation tokens folded into words
+    assert written[0] == "key1" and 4 <= len(written) <= 7  # the prompt, then six tokens (case/punctuation folded)
 
 
 @pytest.mark.slow

@@ -9,7 +9,12 @@ import json
 import pytest
 import torch
 
-from fastlight.tasks.text_clf import DISCRIMINATIVE, TextClassifierTask, classify_texts, ulmfit_stages
+from fastlight.tasks.text_clf import (
+    DISCRIMINATIVE,
+    TextClassifierTask,
+    classify_texts,
+    ulmfit_stages,
+)
 from fastlight.training.layer_groups import group_lrs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -59,7 +64,8 @@ def test_classifier_learns_the_planted_word(train_run, tmp_path, capsys):
     reviews = tmp_path / "reviews.csv"
     reviews.write_text("review,id\nit was bad and the music,1\nvery good story,2\n")
     assert main(["classify", str(run_dir), str(reviews), "--text-col", "review"]) == 0
-    written = list(csv.DictReader(open(tmp_path / "reviews_classified.csv")))
+    with open(tmp_path / "reviews_classified.csv") as f:
+        written = list(csv.DictReader(f))
     assert [r["predicted"] for r in written] == ["neg", "pos"] and written[0]["id"] == "1"
     assert main(["classify", str(run_dir), str(reviews)]) == 2  # no column "text": one sentence
     assert "--text-col" in capsys.readouterr().err

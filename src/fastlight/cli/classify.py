@@ -25,9 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from fastlight.errors import DataError, FastlightError
-
     from fastlight.cli._runs import run_task
+    from fastlight.errors import DataError, FastlightError
 
     task = run_task(args.run_dir)
     if task != "text_clf":

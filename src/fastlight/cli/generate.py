@@ -1,6 +1,7 @@
-"""Generate new samples with a trained generative run: a grid of images from a WGAN.
+"""Generate new samples with a trained generative run: images from a WGAN, text from a language model.
 
     fastlight generate <wgan run> [--n 64] [--out grid.png] [--seed 0] [--ckpt last]
+    fastlight generate <lm run> "The movie was" [--words 40] [--temperature 0.75] [--seed 0]
 
 The run is rebuilt from its folder alone (fastlight.runs.load_run; the training data is not
 read): the generator draws `--n` samples from fresh noise (`--seed`) and they are saved as one
@@ -21,7 +22,11 @@ GENERATORS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="the run folder (outputs/<task>/<date>/<time>-<id>)")
+    parser.add_argument("prompt", nargs="?", default=None, help="language models: the text to continue")
     parser.add_argument("--n", type=int, default=64, help="how many samples (default 64)")
+    parser.add_argument("--words", type=int, default=40, help="language models: words to add (default 40)")
+    parser.add_argument("--temperature", type=float, default=0.75,
+                        help="language models: sampling temperature (default 0.75)")
     parser.add_argument("--out", default=None, help="the file to write (default: <run>/generated.png)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
     parser.add_argument("--ckpt", default="last", help="best, last or a checkpoint path (default: last)")

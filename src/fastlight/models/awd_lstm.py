@@ -28,10 +28,10 @@ from torch.func import functional_call
 from fastlight.errors import ConfigError
 
 # fastai's awd_lstm_lm_config / awd_lstm_clas_config (before drop_mult).
-LM_CONFIG = dict(emb_sz=400, n_hid=1152, n_layers=3, pad_token=1, output_p=0.1, hidden_p=0.15,
-                 input_p=0.25, embed_p=0.02, weight_p=0.2)
-CLAS_CONFIG = dict(emb_sz=400, n_hid=1152, n_layers=3, pad_token=1, output_p=0.4, hidden_p=0.3,
-                   input_p=0.4, embed_p=0.05, weight_p=0.5)
+LM_CONFIG = {"emb_sz": 400, "n_hid": 1152, "n_layers": 3, "pad_token": 1, "output_p": 0.1, "hidden_p": 0.15,
+             "input_p": 0.25, "embed_p": 0.02, "weight_p": 0.2}
+CLAS_CONFIG = {"emb_sz": 400, "n_hid": 1152, "n_layers": 3, "pad_token": 1, "output_p": 0.4, "hidden_p": 0.3,
+               "input_p": 0.4, "embed_p": 0.05, "weight_p": 0.5}
 DROPOUTS = ("output_p", "hidden_p", "input_p", "embed_p", "weight_p")
 
 
@@ -194,9 +194,9 @@ class AWDLSTMLanguageModel(SequentialRNN):
                  hidden_p: float | None = None, input_p: float | None = None, embed_p: float | None = None,
                  weight_p: float | None = None, tie_weights: bool = True, out_bias: bool = True,
                  pretrained: str | None = None, weights_path: str | None = None):
-        c = scaled_config(LM_CONFIG, drop_mult, dict(emb_sz=emb_sz, n_hid=n_hid, n_layers=n_layers,
-                                                     output_p=output_p, hidden_p=hidden_p, input_p=input_p,
-                                                     embed_p=embed_p, weight_p=weight_p))
+        sizes = {"emb_sz": emb_sz, "n_hid": n_hid, "n_layers": n_layers, "output_p": output_p,
+                 "hidden_p": hidden_p, "input_p": input_p, "embed_p": embed_p, "weight_p": weight_p}
+        c = scaled_config(LM_CONFIG, drop_mult, sizes)
         if not isinstance(vocab_size, int) or vocab_size < 2:
             raise ConfigError(f"the language model needs a vocabulary of at least 2 tokens, got {vocab_size}")
         encoder = AWDLSTM(vocab_size, c["emb_sz"], c["n_hid"], c["n_layers"], pad_token,
@@ -326,9 +326,9 @@ class AWDLSTMClassifier(SequentialRNN):
                  emb_sz: int | None = None, n_hid: int | None = None, n_layers: int | None = None,
                  pad_token: int = 1, output_p: float | None = None, hidden_p: float | None = None,
                  input_p: float | None = None, embed_p: float | None = None, weight_p: float | None = None):
-        c = scaled_config(CLAS_CONFIG, drop_mult, dict(emb_sz=emb_sz, n_hid=n_hid, n_layers=n_layers,
-                                                       output_p=output_p, hidden_p=hidden_p, input_p=input_p,
-                                                       embed_p=embed_p, weight_p=weight_p))
+        sizes = {"emb_sz": emb_sz, "n_hid": n_hid, "n_layers": n_layers, "output_p": output_p,
+                 "hidden_p": hidden_p, "input_p": input_p, "embed_p": embed_p, "weight_p": weight_p}
+        c = scaled_config(CLAS_CONFIG, drop_mult, sizes)
         if not isinstance(bptt, int) or bptt < 1:
             raise ConfigError(f"model.bptt={bptt} must be a positive number of tokens")
         lin_ftrs = list(lin_ftrs)

@@ -63,9 +63,10 @@ class LanguageModelTask(Task):
         vocab = getattr(datamodule, "vocab", None)
         if vocab is not None:
             self.vocab = list(vocab)
-        if stage == "fit" and self.vocab is not None and hasattr(self.model, "load_pretrained"):
-            if self.trainer.ckpt_path is None:  # a resumed run gets its weights from the checkpoint
-                self.model.load_pretrained(self.vocab)
+        # A resumed run gets its weights from the checkpoint instead.
+        if stage == "fit" and self.vocab is not None and hasattr(self.model, "load_pretrained") \
+                and self.trainer.ckpt_path is None:
+            self.model.load_pretrained(self.vocab)
 
     def on_fit_start(self) -> None:
         if self.vocab is not None and self.trainer.is_global_zero:
@@ -270,11 +271,7 @@ def detokenize(tokens: list[str]) -> str:
 def generate_command(args) -> Path:
     """`fastlight generate <lm run> "The movie was" --words 40 --temperature 0.75`: prints the text,
     writes it to --out (default <run>/generated.txt) and returns that path."""
-    prompt = getattr(args, "prompt", None) or "xxbos"
-    words = getattr(args, "words", None) or getattr(args, "n", 40)
-    temperature = getattr(args, "temperature", None) or 0.75
-    text = generate_text(args.run_dir, prompt, int(words), float(temperature), getattr(args, "seed", None),
-                         getattr(args, "ckpt", "best"))
+    text = generate_text(args.run_dir, args.prompt or "xxbos", args.words, args.temperature, args.seed, args.ckpt)
     print(text)
     out = Path(args.out) if getattr(args, "out", None) else Path(args.run_dir) / "generated.txt"
     out.write_text(text + "\n", encoding="utf-8")
