@@ -139,8 +139,8 @@ def validate(cfg: DictConfig) -> None:
     wd = cfg.optim.get("wd", 0.0)
     need(number(wd) and wd >= 0, f"optim.wd={wd} must be a number >= 0")
     bs = cfg.data.get("batch_size")
-    if bs is not None:
-        need(isinstance(bs, int) and bs >= 1, f"data.batch_size={bs} must be a positive integer")
+    if bs is not None:  # "auto": Lightning's BatchSizeFinder where the data module supports it
+        need((isinstance(bs, int) and bs >= 1) or bs == "auto", f"data.batch_size={bs} must be a positive integer or auto")
     epochs = cfg.trainer.get("max_epochs")
     if epochs is not None:
         need(isinstance(epochs, int) and (epochs >= 1 or epochs == -1), f"trainer.max_epochs={epochs} must be >= 1")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from fastlight.errors import FastlightError
 
@@ -16,7 +16,8 @@ def load_run(run_dir: str | Path, ckpt: str = "best", setup_data: bool = True):
     For commands that work on a trained model (`recommend`, `predict`, `restore`, ...). `ckpt` is
     "best", "last" or a path. With `setup_data` the data module is set up again from the same
     config (same seed, same split); without it the model is built from the sizes the checkpoint
-    recorded (`dims`), so the run folder alone suffices, with no dataset on the machine.
+    recorded (`dims`), so the run folder alone suffices, with no dataset on the machine. A model
+    built on pretrained weights is built without them (no download): the checkpoint has them all.
     """
     from fastlight.training.checkpoints import check_checkpoint
     from fastlight.training.final_fit import data_kwargs
@@ -30,6 +31,11 @@ def load_run(run_dir: str | Path, ckpt: str = "best", setup_data: bool = True):
     if not path.is_file():
         raise FastlightError(f"no checkpoint at {path}; did the run finish an epoch?")
     state = check_checkpoint(path, cfg.task._target_)
+    with open_dict(cfg):  # the checkpoint holds every weight: build the model without fetching any
+        if cfg.model.get("pretrained") is True:
+            cfg.model.pretrained = False
+            if "weights_path" in cfg.model:
+                cfg.model.weights_path = None
     datamodule = hydra.utils.instantiate(data_kwargs(cfg))
     dims = state.get("fastlight", {}).get("dims")
     if setup_data or dims is None:

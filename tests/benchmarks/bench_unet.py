@@ -90,11 +90,11 @@ def speed_columns(rows: dict) -> list[Column]:
 
 # --- 1-3: restoration -------------------------------------------------------------------------------
 def fastlight_superres(path, epochs, loss, degrade="crappify", extra=()):
-    from fastlight.tasks.superres import rebuild_for_inference
+    from fastlight.runs import load_run
 
     summary, run_dir = run_fastlight(superres_overrides(path, epochs, loss, degrade, extra), prefix="bench_unet_")
     timing = list(EpochTimer.epochs)
-    _, dm, task = rebuild_for_inference(run_dir, "last")
+    _, dm, task = load_run(run_dir, "last", setup_data=False)
     dm.setup("fit")
     return task.model, dm, timing, summary
 

@@ -24,6 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
 
 
+# The tasks whose model maps an image to a restored image (a GAN run's generator is a superres U-Net;
+# with --ckpt last it is the generator after the GAN phase, while best is picked by PSNR).
+RESTORERS = ("superres", "gan")
+
+
 def run(args) -> int:
     from pathlib import Path
 
@@ -33,10 +38,12 @@ def run(args) -> int:
     from fastlight.cli._runs import run_task
     from fastlight.data.vision import image_files
     from fastlight.errors import FastlightError
-    from fastlight.tasks.superres import rebuild_for_inference, restore_image
+    from fastlight.runs import load_run
+    from fastlight.tasks.superres import restore_image
 
-    if run_task(args.run_dir) != "superres":
-        raise FastlightError(f"{args.run_dir} is not a superres run; restore works on task=superres runs")
+    task_name = run_task(args.run_dir)
+    if task_name not in RESTORERS:
+        raise FastlightError(f"{args.run_dir} is a {task_name} run; restore works on runs of {', '.join(RESTORERS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.tile < 64:
@@ -48,7 +55,7 @@ def run(args) -> int:
         files += image_files(p) if p.is_dir() else [p]
     if not files:
         raise FastlightError(f"no images found in {', '.join(args.inputs)}")
-    cfg, _, task = rebuild_for_inference(args.run_dir, args.ckpt)
+    cfg, _, task = load_run(args.run_dir, args.ckpt, setup_data=False)
     scale = args.scale or (int(cfg.data.get("scale", 1)) if cfg.data.get("degrade") == "bicubic" else 1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -176,9 +176,19 @@ def batch_size_callbacks(datamodule, trainer) -> list:
         return []
     from lightning.pytorch.callbacks import BatchSizeFinder
 
+    class MarkedBatchSizeFinder(BatchSizeFinder):
+        """Lets the task know its trials are running (`pl_module.finding_batch_size`)."""
+
+        def scale_batch_size(self, trainer, pl_module) -> None:
+            pl_module.finding_batch_size = True
+            try:
+                super().scale_batch_size(trainer, pl_module)
+            finally:
+                pl_module.finding_batch_size = False
+
     opts = {"mode": "binsearch", "init_val": 2, "steps_per_trial": 1, "max_trials": 25, **opts}
     datamodule.batch_size = int(opts["init_val"])  # the finder reads a number before its first trial
-    return [BatchSizeFinder(batch_arg_name="batch_size", **opts)]
+    return [MarkedBatchSizeFinder(batch_arg_name="batch_size", **opts)]
 
 
 class SegmentationData(SegmentationBase):

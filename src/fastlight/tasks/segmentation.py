@@ -84,6 +84,12 @@ class SegmentationTask(Task):
             self._staged = StagedTraining(parse_stages(self.stages), train_bn=self.train_bn)
         return callbacks + [self._staged]
 
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        # BatchSizeFinder's trials are one-step fits (max_steps=1): Task's stop-at-max_steps would end
+        # every later trial before its step, so no size would ever run out of memory.
+        if not getattr(self, "finding_batch_size", False):
+            super().on_train_batch_end(outputs, batch, batch_idx)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # What inference needs without the data: the class names (for masks and overlays) and void.
         checkpoint["fastlight_codes"], checkpoint["fastlight_void"] = self.codes, self.void
@@ -170,9 +176,9 @@ def predict_masks(run_dir, inputs, out=None, ckpt: str = "best") -> Path:
     from torchvision.transforms.v2 import functional as TF
 
     from fastlight.data.vision import image_files
-    from fastlight.tasks.superres import rebuild_for_inference
+    from fastlight.runs import load_run
 
-    cfg, _, task = rebuild_for_inference(run_dir, ckpt)
+    cfg, _, task = load_run(run_dir, ckpt, setup_data=False)
     if not isinstance(task, SegmentationTask):
         raise FastlightError(f"{run_dir} is a {type(task).__name__} run, not a segmentation run")
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)

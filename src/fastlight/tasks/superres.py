@@ -152,44 +152,6 @@ class SuperResTask(Task):
 
 
 # --- inference from a run folder ---------------------------------------------------------------------
-def rebuild_for_inference(run_dir: str | Path, ckpt: str = "best"):
-    """(config, datamodule not set up, task in eval mode) of a finished U-Net run, from its folder alone.
-
-    As `fastlight.runs.load_run(setup_data=False)`, except that the encoder is built untrained
-    (`model.pretrained=false`): the checkpoint holds every weight, so inference needs no
-    download and works on a machine without ImageNet weights (load_run would fetch them first).
-    """
-    import hydra
-    from omegaconf import OmegaConf, open_dict
-
-    from fastlight.errors import FastlightError
-    from fastlight.training.checkpoints import check_checkpoint
-    from fastlight.training.final_fit import data_kwargs
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise FastlightError(f"{run_dir} is not a fastlight run folder (no config.yaml)")
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    path = Path(ckpt) if ckpt not in ("best", "last") else run_dir / "checkpoints" / f"{ckpt}.ckpt"
-    if not path.is_file():
-        raise FastlightError(f"no checkpoint at {path}; did the run finish an epoch?")
-    state = check_checkpoint(path, cfg.task._target_)
-    with open_dict(cfg):
-        if "pretrained" in cfg.model:
-            cfg.model.pretrained = False
-        if "weights_path" in cfg.model:
-            cfg.model.weights_path = None
-    datamodule = hydra.utils.instantiate(data_kwargs(cfg))
-    dims = state.get("fastlight", {}).get("dims")  # the sizes the model was built with
-    if dims is None:
-        raise FastlightError(f"{path} does not record the model's sizes; rebuild with fastlight.runs.load_run")
-    model = hydra.utils.instantiate(cfg.model, **dims)
-    task = hydra.utils.instantiate(cfg.task, model=model, optim=cfg.optim, schedule=cfg.schedule)
-    task.on_load_checkpoint(state)
-    task.load_state_dict(state["state_dict"])
-    return cfg, datamodule, task.eval()
-
-
 def tiled(model: nn.Module, x: torch.Tensor, tile: int = 256, overlap: int = 32) -> torch.Tensor:
     """model(x) for one CHW-batched image, computed tile by tile so memory stays bounded.
 
