@@ -33,10 +33,9 @@ def run(args) -> int:
     from pathlib import Path
 
     import torch
-    from PIL import Image
 
     from fastlight.cli._runs import run_task
-    from fastlight.data.vision import image_files
+    from fastlight.data.vision import image_files, read_rgb
     from fastlight.errors import FastlightError
     from fastlight.runs import load_run
     from fastlight.tasks.superres import restore_image
@@ -60,11 +59,7 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for f in files:
-        try:
-            with Image.open(f) as im:
-                img = im.convert("RGB")
-        except OSError as e:
-            raise FastlightError(f"{f} cannot be read as an image ({e})") from None
+        img = read_rgb(f)
         restored = restore_image(task, img, scale=scale, tile=args.tile)
         dest = out / f"{f.stem}.png"
         restored.save(dest)

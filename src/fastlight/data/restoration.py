@@ -37,7 +37,7 @@ from torchvision.transforms import v2
 
 from fastlight.data.core import cache_root
 from fastlight.data.split import random_split_indices
-from fastlight.data.vision import IMAGENET_MEAN, IMAGENET_STD, resolve_path
+from fastlight.data.vision import imagenet_denormalize, imagenet_normalize, resolve_path
 from fastlight.errors import ConfigError, DataError
 
 DEGRADES = ("crappify", "bicubic", "grayscale", "cutout")
@@ -240,18 +240,8 @@ class RestorationBase(L.LightningDataModule):
     def test_dataloader(self):
         return self._loader(self.test_ds, False, batch_size=1)  # full images of different sizes
 
-    @staticmethod
-    def normalize(x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        return (x.float() / 255 - mean) / std
-
-    @staticmethod
-    def denormalize(x: torch.Tensor) -> torch.Tensor:
-        """ImageNet-normalised -> [0, 1], clamped."""
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        return (x.float() * std + mean).clamp(0, 1)
+    normalize = staticmethod(imagenet_normalize)
+    denormalize = staticmethod(imagenet_denormalize)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, y = batch

@@ -31,7 +31,7 @@ from torchvision.transforms import v2
 from fastlight.data.core import data_root
 from fastlight.data.restoration import EpochSampler, seeded
 from fastlight.data.split import random_split_indices
-from fastlight.data.vision import IMAGENET_MEAN, IMAGENET_STD, image_files, resolve_path
+from fastlight.data.vision import image_files, imagenet_denormalize, imagenet_normalize, resolve_path
 from fastlight.errors import ConfigError, DataError
 
 CAMVID_URL = "https://s3.amazonaws.com/fast-ai-imagelocal/camvid.tgz"
@@ -143,17 +143,8 @@ class SegmentationBase(L.LightningDataModule):
     def val_dataloader(self):
         return self._loader(self.valid_ds, False)
 
-    @staticmethod
-    def normalize(x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        return (x.float() / 255 - mean) / std
-
-    @staticmethod
-    def denormalize(x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        return (x.float() * std + mean).clamp(0, 1)
+    normalize = staticmethod(imagenet_normalize)
+    denormalize = staticmethod(imagenet_denormalize)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, y = batch

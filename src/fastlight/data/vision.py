@@ -33,6 +33,29 @@ from fastlight.errors import ConfigError, DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def imagenet_normalize(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (or 0-255) images -> ImageNet-normalised floats, on the batch's device."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x.float() / 255 - mean) / std
+
+
+def read_rgb(path) -> Image.Image:
+    """An image file as RGB, or one sentence when it can't be read."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except OSError as e:
+        raise DataError(f"{path} cannot be read as an image ({e})") from None
+
+
+def imagenet_denormalize(x: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalised -> [0, 1], clamped."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x.float() * std + mean).clamp(0, 1)
 PROBLEMS = ("single_label", "multi_label", "regression")
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -169,9 +192,7 @@ class ImageData(L.LightningDataModule):
         return self._loader(self.valid_ds, train=False)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        return (x.float() / 255 - mean) / std
+        return imagenet_normalize(x)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, y = batch

@@ -76,17 +76,10 @@ def _init_like_torchvision(features: nn.Sequential) -> nn.Sequential:
 
 
 def _imagenet_state() -> dict:
-    weights = torchvision.models.VGG16_BN_Weights.DEFAULT
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    try:
-        return weights.get_state_dict(progress=True)  # uses the cached file when it is there
-    except (OSError, RuntimeError) as e:  # URLError is an OSError; RuntimeError: hash mismatch
-        why = str(getattr(e, "reason", None) or e).splitlines()[0]
-        raise DataError(
-            f"VGG16-bn ImageNet weights for the feature loss are not in {cached.parent} and could not be downloaded "
-            f"({why}); connect once, copy {cached.name} there or pass loss.weights_path=<file>, "
-            "or use an untrained VGG with loss.pretrained=false"
-        ) from None
+    from fastlight.models.vision import imagenet_weights
+
+    return imagenet_weights("vgg16_bn", "VGG16-bn ImageNet weights for the feature loss", "loss.weights_path",
+                            "use an untrained VGG with loss.pretrained=false")
 
 
 def _read_state(path: Path) -> dict:

@@ -105,7 +105,11 @@ def basic_critic(in_size: int, n_channels: int, n_features: int = 64, n_extra_la
 
 
 class SelfAttention(nn.Module):
-    """SAGAN self-attention: every position looks at every other; starts as the identity (gamma 0)."""
+    """SAGAN self-attention: every position looks at every other; starts as the identity (gamma 0).
+
+    The critic's own copy of `fastlight.models.layers.SelfAttention`: fastai's gan_critic wraps these
+    convs in torch's older `spectral_norm` hook (weight_orig, u, v in the state dict), so fastai's
+    critic weights load here as they are; the U-Net's layer uses the newer parametrization."""
 
     def __init__(self, n_channels: int):
         super().__init__()

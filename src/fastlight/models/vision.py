@@ -85,7 +85,7 @@ def _resnet(arch: str, pretrained: bool, weights_path: str | None) -> nn.Module:
     if weights_path:
         state = _read_weights(Path(weights_path).expanduser(), arch)
     elif pretrained:
-        state = _imagenet_weights(arch)
+        state = imagenet_weights(arch)
     else:
         return model
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # the head is replaced anyway
@@ -97,7 +97,10 @@ def _resnet(arch: str, pretrained: bool, weights_path: str | None) -> nn.Module:
     return model
 
 
-def _imagenet_weights(arch: str) -> dict:
+def imagenet_weights(arch: str, what: str | None = None, weights_key: str = "model.weights_path",
+                     instead: str = "train from scratch with model.pretrained=false") -> dict:
+    """torchvision's ImageNet state dict for `arch` (downloaded once, then cached), or one sentence
+    saying where to put the file when it can't be had (no network)."""
     weights = torchvision.models.get_model_weights(arch).DEFAULT
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     try:
@@ -105,9 +108,9 @@ def _imagenet_weights(arch: str) -> dict:
     except (OSError, RuntimeError) as e:  # URLError is an OSError; RuntimeError: hash mismatch
         why = str(getattr(e, "reason", None) or e).splitlines()[0]
         raise DataError(
-            f"ImageNet weights for {arch} are not in {cached.parent} and could not be downloaded ({why}); "
-            f"connect to the internet once, or copy {cached.name} there or pass model.weights_path=<file>, "
-            "or train from scratch with model.pretrained=false"
+            f"{what or f'ImageNet weights for {arch}'} are not in {cached.parent} and could not be downloaded "
+            f"({why}); connect to the internet once, or copy {cached.name} there or pass {weights_key}=<file>, "
+            f"or {instead}"
         ) from None
 
 
