@@ -35,7 +35,8 @@ def run(args) -> int:
     import torch
 
     from fastlight.cli._runs import run_task
-    from fastlight.data.vision import image_files, read_rgb
+    from fastlight.data.images import read_image
+    from fastlight.data.vision import image_files
     from fastlight.errors import FastlightError
     from fastlight.runs import load_run
     from fastlight.tasks.superres import restore_image
@@ -59,7 +60,7 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for f in files:
-        img = read_rgb(f)
+        img = read_image(f, advice="")  # a file the user named, not one of a dataset
         restored = restore_image(task, img, scale=scale, tile=args.tile)
         dest = out / f"{f.stem}.png"
         restored.save(dest)

@@ -26,10 +26,10 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image
 
 from fastlight.data.core import TensorBatches, data_root
 from fastlight.data.download import Remote, fetch
+from fastlight.data.images import read_image
 from fastlight.data.mnist import FILES, MIRRORS, read_idx
 from fastlight.errors import ConfigError, DataError
 
@@ -127,11 +127,7 @@ class DigitFolders(DigitsData):
                 raise DataError(f"{folder} has no png images: data.path must hold {split}/<digit>/*.png for every "
                                 f"digit in data.digits={self.digits} (fastai's MNIST_SAMPLE layout)")
             for f in files:
-                try:
-                    with Image.open(f) as im:
-                        a = np.asarray(im.convert("L"), dtype=np.uint8)
-                except OSError as e:
-                    raise DataError(f"{f} cannot be read as an image ({e}); remove it from the folder") from None
+                a = np.asarray(read_image(f, "L"), dtype=np.uint8)
                 if a.shape != (28, 28):
                     raise DataError(f"{f} is {a.shape[1]}x{a.shape[0]} pixels; the chapter's models take 28x28 digits")
                 images.append(a)

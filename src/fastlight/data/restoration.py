@@ -36,6 +36,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from fastlight.data.core import cache_root
+from fastlight.data.images import read_image
 from fastlight.data.split import random_split_indices
 from fastlight.data.vision import imagenet_denormalize, imagenet_normalize, resolve_path
 from fastlight.errors import ConfigError, DataError
@@ -92,18 +93,10 @@ def degrade(img: Image.Image, kind: str, rng: random.Random, scale: int = 2, lr_
     return buf.getvalue(), ".png", {}
 
 
-def open_rgb(path) -> Image.Image:
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except OSError as e:
-        raise DataError(f"{path} cannot be read as an image ({e}); remove it from the folder") from None
-
-
 def _degrade_file(job) -> tuple[str, str, dict]:
     """Worker: degrade one source file into the cache (top-level, so processes can run it)."""
     src, rel, dest_dir, settings, seed = job
-    data, ext, info = degrade(open_rgb(src), settings["degrade"], random.Random(f"{seed}:{rel}"),
+    data, ext, info = degrade(read_image(src), settings["degrade"], random.Random(f"{seed}:{rel}"),
                               settings["scale"], settings["lr_size"], tuple(settings["quality"]), settings["max_holes"])
     out = Path(dest_dir) / (rel + ext)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -160,6 +153,14 @@ class EpochSampler(torch.utils.data.Sampler):
         return iter(zip(order.tolist(), seeds.tolist()))
 
 
+def epoch_loader(ds, batch_size: int, train: bool, seed: int, num_workers: int) -> DataLoader:
+    """The image-pair loaders' DataLoader: training batches from an `EpochSampler` (resumable,
+    seeded crops), the last partial training batch dropped when there is more than one batch."""
+    sampler = EpochSampler(len(ds), seed) if train else None
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=train and len(ds) > batch_size,
+                      num_workers=num_workers, pin_memory=torch.cuda.is_available())
+
+
 def seeded(transform, key, *tensors):
     """`transform(*tensors)` with the global torch RNG seeded by the item's seed when `key` carries one."""
     if not isinstance(key, tuple):
@@ -183,7 +184,7 @@ class PairItems(Dataset):
         return len(self.items)
 
     def pair(self, i: int) -> tuple[Image.Image, Image.Image]:
-        lr, hr = (s.convert("RGB") if isinstance(s, Image.Image) else open_rgb(s) for s in self.items[i])
+        lr, hr = (s.convert("RGB") if isinstance(s, Image.Image) else read_image(s) for s in self.items[i])
         if self.scale:
             hr = modcrop(hr, self.scale)
         if lr.size != hr.size:
@@ -226,10 +227,7 @@ class RestorationBase(L.LightningDataModule):
             self.valid_ds.transform = pair_transforms(self.size, False, self.min_scale, self.do_flip)
 
     def _loader(self, ds, train: bool, batch_size=None) -> DataLoader:
-        bs = batch_size or self.batch_size
-        sampler = EpochSampler(len(ds), self.seed) if train else None
-        return DataLoader(ds, batch_size=bs, sampler=sampler, drop_last=train and len(ds) > bs,
-                          num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+        return epoch_loader(ds, batch_size or self.batch_size, train, self.seed, self.num_workers)
 
     def train_dataloader(self):
         return self._loader(self.train_ds, True)
@@ -320,7 +318,7 @@ class RestorationData(RestorationBase):
             raise DataError(f"data.test_path={folder} is not a folder of images")
         items = []
         for f in sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTS and p.is_file()):
-            hr = open_rgb(f)
+            hr = read_image(f)
             data, _, _ = degrade(hr, self.degrade, random.Random(f"{self.seed}:{f.name}"), self.scale,
                                  self.settings["lr_size"], tuple(self.settings["quality"]), self.settings["max_holes"])
             items.append((Image.open(io.BytesIO(data)).convert("RGB"), hr))

@@ -29,7 +29,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from fastlight.data.core import data_root
-from fastlight.data.restoration import EpochSampler, seeded
+from fastlight.data.restoration import epoch_loader, seeded
 from fastlight.data.split import random_split_indices
 from fastlight.data.vision import image_files, imagenet_denormalize, imagenet_normalize, resolve_path
 from fastlight.errors import ConfigError, DataError
@@ -133,9 +133,7 @@ class SegmentationBase(L.LightningDataModule):
 
     def _loader(self, ds, train: bool) -> DataLoader:
         bs = self.batch_size if isinstance(self.batch_size, int) else self.batch_size_fallback
-        sampler = EpochSampler(len(ds), self.seed) if train else None  # resumable: drawn from (seed, epoch)
-        return DataLoader(ds, batch_size=bs, sampler=sampler, drop_last=train and len(ds) > bs,
-                          num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+        return epoch_loader(ds, bs, train, self.seed, self.num_workers)  # resumable: drawn from (seed, epoch)
 
     def train_dataloader(self):
         return self._loader(self.train_ds, True)

@@ -28,6 +28,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from fastlight.data.core import data_root
+from fastlight.data.images import read_image
 from fastlight.data.split import random_split_indices
 from fastlight.errors import ConfigError, DataError
 
@@ -40,15 +41,6 @@ def imagenet_normalize(x: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
     return (x.float() / 255 - mean) / std
-
-
-def read_rgb(path) -> Image.Image:
-    """An image file as RGB, or one sentence when it can't be read."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except OSError as e:
-        raise DataError(f"{path} cannot be read as an image ({e})") from None
 
 
 def imagenet_denormalize(x: torch.Tensor) -> torch.Tensor:
@@ -95,13 +87,7 @@ class ImageItems(Dataset):
         src = self.items[i][0]
         if isinstance(src, Image.Image):
             return src
-        try:
-            with Image.open(src) as img:
-                if self.draft:  # JPEG: decode at a reduced scale that still covers the target size
-                    img.draft("RGB", (self.draft, self.draft))
-                return img.convert("RGB")
-        except OSError as e:
-            raise DataError(f"{src} cannot be read as an image ({e}); remove it from the folder") from None
+        return read_image(src, draft=self.draft)
 
     def __getitem__(self, i):
         img, y = self.load(i), self.items[i][1]

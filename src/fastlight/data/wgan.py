@@ -165,6 +165,7 @@ class FolderGan(ImageGanData):
     def load(self):
         from PIL import Image
 
+        from fastlight.data.images import read_image
         from fastlight.data.vision import image_files
 
         files = image_files(Path(self.path).expanduser())
@@ -173,16 +174,11 @@ class FolderGan(ImageGanData):
         mode = "L" if self.channels == 1 else "RGB"
         images = []
         for f in files:
-            try:
-                with Image.open(f) as im:
-                    im.draft(mode, (self.size * 2, self.size * 2))
-                    im = im.convert(mode)
-                    side = min(im.size)
-                    left, top = (im.width - side) // 2, (im.height - side) // 2
-                    im = im.crop((left, top, left + side, top + side)).resize((self.size, self.size), Image.BICUBIC)
-                    a = np.asarray(im, dtype=np.uint8)
-            except OSError as e:
-                raise DataError(f"{f} cannot be read as an image ({e}); remove it from the folder") from None
+            im = read_image(f, mode, draft=self.size * 2)
+            side = min(im.size)
+            left, top = (im.width - side) // 2, (im.height - side) // 2
+            im = im.crop((left, top, left + side, top + side)).resize((self.size, self.size), Image.BICUBIC)
+            a = np.asarray(im, dtype=np.uint8)
             images.append(torch.from_numpy(a.reshape(self.size, self.size, -1).copy()).permute(2, 0, 1))
         x = torch.stack(images)
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))

@@ -175,7 +175,8 @@ def predict_masks(run_dir, inputs, out=None, ckpt: str = "best") -> Path:
     from PIL import Image
     from torchvision.transforms.v2 import functional as TF
 
-    from fastlight.data.vision import image_files, read_rgb
+    from fastlight.data.images import read_image
+    from fastlight.data.vision import image_files
     from fastlight.runs import load_run
 
     cfg, _, task = load_run(run_dir, ckpt, setup_data=False)
@@ -195,7 +196,7 @@ def predict_masks(run_dir, inputs, out=None, ckpt: str = "best") -> Path:
     size = [int(size), int(size)] if isinstance(size, int) else [int(s) for s in size]
     flat = palette(len(task.codes), task.void).flatten().tolist()
     for f in files:
-        img = read_rgb(f)
+        img = read_image(f, advice="")  # a file the user named, not one of a dataset
         x = TF.resize(TF.pil_to_tensor(img), size, antialias=True)[None]
         with torch.inference_mode():
             pred = task(SegmentationBase.normalize(x)).argmax(1)
