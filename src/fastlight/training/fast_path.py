@@ -33,23 +33,18 @@ from fastlight.training.schedules import optimizer_steps_per_epoch
 COUNTED_IN_STEPS = ("log_every_n_steps", "val_check_interval", "limit_train_batches")
 
 
-def fast_path_blockers(trainer_kwargs: dict, lr_find: bool = False) -> list[str]:
-    """Why this run can't take the fast path (empty: it can)."""
+def needs_lightnings_loop(trainer_kwargs: dict, lr_find: bool = False) -> bool:
+    """Whether the run asks for what the fast path does not do itself (see the module docstring)."""
     t = trainer_kwargs
-    why = []
-    if t.get("gradient_clip_val"):
-        why.append("gradient_clip_val")
-    if (t.get("accumulate_grad_batches") or 1) != 1:
-        why.append("accumulate_grad_batches")
-    if t.get("fast_dev_run"):
-        why.append("fast_dev_run")
-    if str(t.get("devices", 1)) not in ("1", "[0]") or (t.get("num_nodes") or 1) != 1:
-        why.append("devices")
-    if str(t.get("strategy") or "auto") != "auto":
-        why.append("strategy")
-    if lr_find:
-        why.append("lr_find")
-    return why
+    return bool(
+        t.get("gradient_clip_val")
+        or (t.get("accumulate_grad_batches") or 1) != 1
+        or t.get("fast_dev_run")
+        or str(t.get("devices", 1)) not in ("1", "[0]")
+        or (t.get("num_nodes") or 1) != 1
+        or str(t.get("strategy") or "auto") != "auto"
+        or lr_find
+    )
 
 
 def plan(trainer_kwargs: dict, datamodule, task, lr_find: bool = False) -> dict:
@@ -58,22 +53,18 @@ def plan(trainer_kwargs: dict, datamodule, task, lr_find: bool = False) -> dict:
     Sets `datamodule.steps_per_call` and, for a `FastPath` task, `task.automatic_optimization` to match.
     """
     kwargs = dict(trainer_kwargs)
+    counted = {key: v for key in COUNTED_IN_STEPS
+               if isinstance(v := kwargs.get(key), int) and not isinstance(v, bool) and v > 0}
     k = int(getattr(datamodule, "steps_per_call", 1) or 1)
-    if not isinstance(task, FastPath) or fast_path_blockers(kwargs, lr_find):
+    if not isinstance(task, FastPath) or needs_lightnings_loop(kwargs, lr_find):
         k = 1
-    for key in COUNTED_IN_STEPS:
-        v = kwargs.get(key)
-        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-            k = math.gcd(k, v)
+    for v in counted.values():
+        k = math.gcd(k, v)  # so each count translates exactly into Lightning calls
     if hasattr(datamodule, "steps_per_call"):
         datamodule.steps_per_call = k
     if isinstance(task, FastPath):  # other tasks keep their own choice (a GAN's manual optimization)
         task.automatic_optimization = k == 1
-    if k > 1:
-        for key in COUNTED_IN_STEPS:
-            v = kwargs.get(key)
-            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-                kwargs[key] = v // k
+    kwargs.update({key: v // k for key, v in counted.items()})
     return kwargs
 
 
@@ -100,11 +91,12 @@ class FastPath:
             losses.append(loss.detach())
         losses = torch.stack(losses)
         self.check_finite(losses, first_step)  # one sync per chunk, not per step
-        self.log("train/loss", losses.mean(), prog_bar=True)
+        mean = losses.mean()
+        self.log("train/loss", mean, prog_bar=True)
         self.log_step_axis()
         for name, lr in learning_rates(opt).items():
             self.log(name, lr)
-        return losses.mean()
+        return mean
 
     def log_step_axis(self) -> None:
         """Loggers take `step` as their x-axis: optimizer steps, not Lightning calls. As in
