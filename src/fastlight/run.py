@@ -46,7 +46,7 @@ def train(cfg: DictConfig) -> float:
     from fastlight.tracking.console import quiet_console
     from fastlight.tracking.record import RunRecord, RunRecorder, resume_command
     from fastlight.training import fast_path
-    from fastlight.training.checkpoints import check_checkpoint, check_checkpoint_fits
+    from fastlight.training.checkpoints import check_checkpoint, check_checkpoint_fits, weight_shapes
     from fastlight.training.final_fit import data_kwargs, merge_valid_into_train, test_metric_name
 
     torch.set_flush_denormal(True)  # recurrent models crawl on denormal floats on CPU
@@ -82,7 +82,7 @@ def train(cfg: DictConfig) -> float:
     try:
         validate(cfg)
         if cfg.ckpt_path is not None:  # a wrong file stops the run before any data is read
-            resumed = check_checkpoint(cfg.ckpt_path, cfg.task._target_)
+            resumed = weight_shapes(check_checkpoint(cfg.ckpt_path, cfg.task._target_))
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)

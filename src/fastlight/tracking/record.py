@@ -107,11 +107,15 @@ class RunRecord:
         if self.path is not None:
             write_json_atomic(self.path, self.data)
 
-    def progress(self, metrics: dict, best_epoch: int | None, resume: str | None = None) -> None:
-        """While running: the best validation metrics so far, and the heartbeat."""
-        self.data["metrics"].update({k: finite_or_none(v) for k, v in metrics.items()})
+    def update_metrics(self, metrics: dict | None) -> None:
+        """Merge `metrics` into the record; the optimized metric's value follows them."""
+        self.data["metrics"].update({k: finite_or_none(v) for k, v in (metrics or {}).items()})
         name = self.data["optimized_metric"]["name"]
         self.data["optimized_metric"]["value"] = self.data["metrics"].get(name)
+
+    def progress(self, metrics: dict, best_epoch: int | None, resume: str | None = None) -> None:
+        """While running: the best validation metrics so far, and the heartbeat."""
+        self.update_metrics(metrics)
         self.data["best_epoch"] = best_epoch
         if resume:
             self.data["resume"] = resume
@@ -120,10 +124,7 @@ class RunRecord:
     def finish(self, status: str, metrics: dict | None = None, error: str | None = None, **extra) -> None:
         assert status in STATUSES
         self.data["status"] = status
-        if metrics:
-            self.data["metrics"].update({k: finite_or_none(v) for k, v in metrics.items()})
-        name = self.data["optimized_metric"]["name"]
-        self.data["optimized_metric"]["value"] = self.data["metrics"].get(name)
+        self.update_metrics(metrics)
         self.data["error"] = error
         self.data.update(extra)
         if status == "completed":

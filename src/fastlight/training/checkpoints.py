@@ -46,10 +46,15 @@ def check_checkpoint(path: str | Path, task_target: str) -> dict:
     return state
 
 
-def check_checkpoint_fits(path: str | Path, state: dict, task: L.LightningModule) -> None:
-    """The checkpoint's weights have this model's names and shapes."""
+def weight_shapes(state: dict) -> dict[str, tuple]:
+    """A checkpoint's weights' names and shapes: what `check_checkpoint_fits` needs, without holding
+    the whole checkpoint (optimizer states included) in memory while the run trains."""
+    return {k: tuple(v.shape) for k, v in state["state_dict"].items()}
+
+
+def check_checkpoint_fits(path: str | Path, have: dict[str, tuple], task: L.LightningModule) -> None:
+    """The checkpoint's weights (`weight_shapes`) have this model's names and shapes."""
     want = {k: tuple(v.shape) for k, v in task.state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in state["state_dict"].items()}
     missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
     wrong = sorted(k for k in set(want) & set(have) if want[k] != have[k])
     if missing or unexpected or wrong:
