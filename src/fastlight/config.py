@@ -38,24 +38,26 @@ def register() -> None:
             cs.store(group=group, name=name, node={})
 
 
-def choices_for(group: str, task: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group / task).glob("*.yaml"))
+def choices_for(group: str, task: str | None = None) -> list[str]:
+    """The options of a config group: conf/<group>/*.yaml, or conf/<group>/<task>/*.yaml per task."""
+    folder = CONF_DIR / group / task if task else CONF_DIR / group
+    return sorted(p.stem for p in folder.glob("*.yaml"))
 
 
 def check_choices(argv: list[str]) -> None:
-    """Catch `task=`/`data=`/`model=` choices that don't exist, with the list of valid ones.
+    """Catch group choices that don't exist (`task=`, `optim=`, `schedule=`, ..., and the per-task
+    `data=`/`model=`), with the list of valid ones.
 
-    Hydra would also refuse them, but for a task-relative choice it names a file instead.
+    Hydra would also refuse them, in several lines, and for a task-relative choice it names a file.
     Sweep expressions such as `choice(...)` are left to Hydra.
     """
     args = dict(a.split("=", 1) for a in argv if "=" in a and a[0].isalpha() and "(" not in a)
     sweep = next((a.split("=", 1)[1] for a in argv if a.startswith("+sweep=")), None)
-    tasks = sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml"))
+    tasks = choices_for("task")
     for group, value in args.items():  # the task-independent groups: optim=, schedule=, trainer=, ...
-        folder = CONF_DIR / group
-        if "." in group or group in ("task", *PER_TASK_GROUPS) or not folder.is_dir():
+        if "." in group or group in ("task", *PER_TASK_GROUPS) or not (CONF_DIR / group).is_dir():
             continue
-        valid = sorted(p.stem for p in folder.glob("*.yaml"))
+        valid = choices_for(group)
         for v in value.split(","):
             if v not in valid and v != "null":
                 raise ConfigError(f"{group}={v} is not a choice; choose one of: {', '.join(valid)}")
