@@ -35,7 +35,7 @@ EPOCHS, N_FACTORS, LR, WD, VALID_PCT, SEED = 5, 50, 5e-3, 0.1, 0.2, 42
 
 
 # --- plain PyTorch: the loop one would write by hand, with the same data in memory --------------
-def run_plain(ratings: pd.DataFrame, bs: int) -> tuple[list[Epoch], float]:
+def run_plain(ratings: pd.DataFrame, bs: int, fused: bool = False) -> tuple[list[Epoch], float]:
     train_rows, valid_rows = random_split_indices(len(ratings), VALID_PCT, SEED)
     users_ix = pd.Index(np.sort(ratings.user.iloc[train_rows].unique()))
     items_ix = pd.Index(np.sort(ratings.item.iloc[train_rows].unique()))
@@ -46,7 +46,8 @@ def run_plain(ratings: pd.DataFrame, bs: int) -> tuple[list[Epoch], float]:
     tu, ti, tr, vu, vi, vr = u[t], i[t], r[t], u[v], i[v], r[v]
     torch.manual_seed(SEED)
     model = EmbeddingDotBias(len(users_ix) + 1, len(items_ix) + 1, N_FACTORS, (0.0, 5.5))
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.99), eps=1e-5, weight_decay=WD)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.99), eps=1e-5, weight_decay=WD,
+                            fused=fused or None)
     n_batches = -(-len(tr) // bs)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=LR, total_steps=EPOCHS * n_batches, pct_start=0.25, div_factor=25.0,
@@ -108,7 +109,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for every peer (default 1: a 64-row step gains nothing from more, "
                              "and on a shared machine each multi-threaded op waits for a busy core)")
-    parser.add_argument("--peers", nargs="+", default=["plain", "fastlight", "fastai"])
+    parser.add_argument("--peers", nargs="+", default=["plain", "plain_fused", "fastlight", "fastai"],
+                        help="plain_fused: the plain loop with torch's fused AdamW, as fastlight's default optimizer")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra fastlight overrides, e.g. --set data.steps_per_call=16")
     args = parser.parse_args()
@@ -119,6 +121,7 @@ def main() -> None:
     for bs in args.bs:
         runners = {
             "plain": lambda: run_plain(ratings, bs),
+            "plain_fused": lambda: run_plain(ratings, bs, fused=True),
             "fastlight": lambda: run_fastlight_collab(root, bs, args.logger, args.set),
             "fastai": lambda: run_fastai(ratings, bs),
         }

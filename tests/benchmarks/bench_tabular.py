@@ -50,11 +50,11 @@ def adult(root: Path) -> AdultData:
 
 
 # --- plain PyTorch: the loop one would write by hand, on fastlight's processed tensors ----------
-def run_plain(dm: AdultData, seed: int) -> tuple[list[Epoch], float, float]:
+def run_plain(dm: AdultData, seed: int, fused: bool = False) -> tuple[list[Epoch], float, float]:
     (tc, tn, ty), valid, test = dm.train, dm.valid, dm.test
     torch.manual_seed(seed)
     model = TabularModel(**{**dm.dims, "layers": [200, 100]})
-    opt = torch.optim.AdamW(param_groups([model], LR, WD), lr=LR, betas=(0.9, 0.99), eps=1e-5)
+    opt = torch.optim.AdamW(param_groups([model], LR, WD), lr=LR, betas=(0.9, 0.99), eps=1e-5, fused=fused or None)
     n_batches = len(ty) // BS  # drop_last, as fastai's training loader
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=LR, total_steps=EPOCHS * n_batches, pct_start=0.25, div_factor=25.0,
@@ -127,7 +127,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for every peer (fastlight's default: 1)")
     parser.add_argument("--logger", default="csv", help="fastlight's logger: csv | wandb | none")
-    parser.add_argument("--peers", nargs="+", default=["plain", "fastlight", "fastai"])
+    parser.add_argument("--peers", nargs="+", default=["plain", "plain_fused", "fastlight", "fastai"],
+                        help="plain_fused: the plain loop with torch's fused AdamW, as fastlight's default optimizer")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra fastlight overrides, e.g. --set data.steps_per_call=8")
     args = parser.parse_args()
@@ -138,6 +139,7 @@ def main() -> None:
     extra = [f"torch_threads={args.threads}", *args.set]
     runners = {
         "plain": lambda seed: run_plain(dm, seed),
+        "plain_fused": lambda seed: run_plain(dm, seed, fused=True),
         "fastlight": lambda seed: run_fastlight_tabular(root, seed, args.logger, extra),
         "fastai": lambda seed: run_fastai(dm, seed),
     }

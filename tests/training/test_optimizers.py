@@ -314,3 +314,21 @@ def test_bad_hyper_value_is_a_config_error(hypers):
     (key,) = hypers
     with pytest.raises(ConfigError, match=rf"optim\.{key}="):
         build_optimizer("scratch_adam", problem()[0].parameters(), lr=0.01, **hypers)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_fused_is_the_default_and_takes_the_loops_steps(name):
+    """fastlight's Adam runs torch's fused kernel by default: the same steps as the for-loop version."""
+    fused = build_optimizer(name, problem()[0].parameters(), lr=0.05, wd=0.1)
+    assert fused.param_groups[0]["fused"] is True
+    ours = train(lambda ps: build_optimizer(name, ps, lr=0.05, wd=0.1))
+    loop = train(lambda ps: build_optimizer(name, ps, lr=0.05, wd=0.1, fused=False))
+    assert build_optimizer(name, problem()[0].parameters(), lr=0.05, fused=False).param_groups[0]["fused"] is None
+    assert_close(ours, loop, rtol=1e-9, atol=1e-12)
+    other = train(lambda ps: build_optimizer(name, ps, lr=0.05, wd=0.0))  # negative control: wd matters
+    assert not torch.allclose(ours[0], other[0])
+
+
+def test_fused_must_be_a_switch():
+    with pytest.raises(ConfigError, match=r"optim\.fused=1 must be true or false"):
+        build_optimizer("adamw", problem()[0].parameters(), lr=0.01, fused=1)

@@ -143,12 +143,15 @@ def _momentum(params, lr, wd, *, mom=0.9):
     return torch.optim.SGD(params, lr=lr, momentum=mom, weight_decay=wd)
 
 
-def _adam(params, lr, wd, *, mom=0.9, sqr_mom=0.99, eps=1e-5):
-    return torch.optim.Adam(params, lr=lr, betas=(mom, sqr_mom), eps=eps, weight_decay=wd)
+# `fused`: torch's one-kernel-per-tensor Adam, the same update as its for-loop version (to float
+# rounding) and 2-3x faster per step on a CPU, where the loop is the default; it matters for the
+# small models, whose optimizer step costs more than their forward and backward together.
+def _adam(params, lr, wd, *, mom=0.9, sqr_mom=0.99, eps=1e-5, fused=True):
+    return torch.optim.Adam(params, lr=lr, betas=(mom, sqr_mom), eps=eps, weight_decay=wd, fused=fused or None)
 
 
-def _adamw(params, lr, wd, *, mom=0.9, sqr_mom=0.99, eps=1e-5):
-    return torch.optim.AdamW(params, lr=lr, betas=(mom, sqr_mom), eps=eps, weight_decay=wd)
+def _adamw(params, lr, wd, *, mom=0.9, sqr_mom=0.99, eps=1e-5, fused=True):
+    return torch.optim.AdamW(params, lr=lr, betas=(mom, sqr_mom), eps=eps, weight_decay=wd, fused=fused or None)
 
 
 def _scratch_sgd(params, lr, wd):
@@ -199,9 +202,14 @@ def build_optimizer(name: str, params_or_groups, lr: float, wd: float = 0.0, **h
         if key not in accepted:
             takes = f"takes only lr, wd and {', '.join(accepted)}" if accepted else "takes only lr and wd"
             raise ConfigError(f"optim.{key} is not a setting of optim={name}, which {takes}")
+        if isinstance(OPTIMIZERS[name].__kwdefaults__[key], bool):  # a switch (fused)
+            if not isinstance(value, bool):
+                raise ConfigError(f"optim.{key}={value!r} must be true or false")
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"optim.{key}={value!r} must be a number")
         ok, rule = _RANGES.get(key, (lambda x: True, ""))
         if not ok(value):
             raise ConfigError(f"optim.{key}={value} must be {rule}")
-    return OPTIMIZERS[name](params_or_groups, lr, wd, **{k: float(v) for k, v in hypers.items()})
+    return OPTIMIZERS[name](params_or_groups, lr, wd,
+                            **{k: v if isinstance(v, bool) else float(v) for k, v in hypers.items()})
