@@ -20,6 +20,7 @@ import sys
 import time
 from functools import partial
 
+import lightning as L
 import torch
 from common import (
     Column,
@@ -35,7 +36,17 @@ from common import (
 prepare_process()
 
 
-def fastai_wgan(images: torch.Tensor, features: int, epochs: int, seed: int):
+class SaveInitialWeights(L.Callback):
+    """Added to fastlight's run (`+callbacks.init_weights`): its models' weights before the first
+    step -> <run>/initial_weights.pt, so fastai's peer starts from the very same weights."""
+
+    def on_train_start(self, trainer, pl_module):
+        model = pl_module.model
+        torch.save({"generator": model.generator.state_dict(), "critic": model.critic.state_dict()},
+                   os.path.join(trainer.default_root_dir, "initial_weights.pt"))
+
+
+def fastai_wgan(images: torch.Tensor, features: int, epochs: int, seed: int, init: dict | None = None):
     """fastai's lesson7-wgan learner on `images` (uint8, n x 1 x 32 x 32); (generator, seconds, steps)."""
     from fastai.callback.core import Callback
     from fastai.data.core import DataLoaders
@@ -61,6 +72,9 @@ def fastai_wgan(images: torch.Tensor, features: int, epochs: int, seed: int):
     dls = DataLoaders(train, valid, device=torch.device("cpu"))
     gen = basic_generator(32, 1, n_features=features)
     crit = basic_critic(32, 1, n_features=features, act_cls=partial(nn.LeakyReLU, negative_slope=0.2))
+    if init is not None:  # the same module trees and state-dict keys (tests/models/test_gan.py)
+        gen.load_state_dict(init["generator"])
+        crit.load_state_dict(init["critic"])
 
     class Count(Callback):
         order = 100
@@ -101,6 +115,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--no-fastai", action="store_true")
+    p.add_argument("--own-init", action="store_true", help="fastai draws its own initial weights (default: fastlight's)")
+    p.add_argument("--override", action="append", default=[], help="an extra override for fastlight's run")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     root = data_root(args.data)
@@ -125,6 +141,7 @@ def main() -> int:
         "task=wgan", "data.size=32", "data.batch_size=64", f"model.n_features={args.features}",
         f"trainer.max_epochs={args.epochs}", "logger=csv", "callbacks.progress_bar=null",
         f"torch_threads={args.threads}", f"seed={args.seed}", *timer_overrides("train"),
+        "+callbacks.init_weights._target_=bench_gan.SaveInitialWeights", *args.override,
     ], prefix="bench_gan_", quiet=True)
     if summary["status"] != "completed":
         print(f"fastlight run failed: {summary['error']}", file=sys.stderr)
@@ -141,7 +158,8 @@ def main() -> int:
 
     if not args.no_fastai and import_fastai("fastai.vision.gan") is not None:
         torch.set_num_threads(args.threads)
-        gen, seconds, n_gen, n_crit = fastai_wgan(dm.train, args.features, args.epochs, args.seed)
+        init = None if args.own_init else torch.load(run_dir / "initial_weights.pt", weights_only=True)
+        gen, seconds, n_gen, n_crit = fastai_wgan(dm.train, args.features, args.epochs, args.seed, init)
         results["fastai"] = {"seconds": seconds, "gen": n_gen, "crit": n_crit, **score(gen)}
     results["real digits"] = {**judge.reference()}
 

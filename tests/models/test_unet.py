@@ -112,7 +112,7 @@ def test_layer_groups_are_the_resnet_split_with_the_decoder_last(one_thread):
     assert [type(m) for m in groups[1]] == [type(getattr(resnet, n)) for n in names[6:]]
     ids = [id(p) for g in groups for p in g.parameters()]
     assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in model.parameters()}  # a partition
-    assert id(model.residual.gate) in {id(p) for p in groups[2].parameters()}
+    assert id(model.final_conv[0].weight) in {id(p) for p in groups[2].parameters()}
 
 
 def test_bottle_narrows_the_last_res_block_and_runs(one_thread):
@@ -137,7 +137,8 @@ def test_residual_unet_starts_at_its_input_and_learns_a_correction(one_thread):
         opt.step()
         losses.append(loss.item())
     assert losses[0] == pytest.approx(0.25, abs=1e-6)  # the identity's error: it starts at its input
-    assert model.residual.gate.item() != 0 and min(losses) < 0.2  # and learns the correction
+    # and learns the correction: every weight of the zero-initialised last conv moves from step one
+    assert model.final_conv[0].weight.ne(0).all() and losses[1] < losses[0] and min(losses) < 0.2
     plain = DynamicUnet("resnet18", img_size=32, y_range=(-3, 3), norm_type="weight")
     assert (plain(x) - target).pow(2).mean() > 0.5  # a plain U-Net starts far from its input
     assert model(x * 10).abs().max() <= 3  # y_range clamps the residual output

@@ -70,6 +70,40 @@ def test_gradient_penalty_on_a_quadratic_uses_each_interpolated_point():
     torch.testing.assert_close(gradient_penalty(HalfSquare(), real, fake, eps), expected)
 
 
+@pytest.mark.parametrize("name,mom,wd", [("adam", 0.0, 0.0), ("adamw", 0.9, 0.01)])
+def test_two_optimizers_with_idle_steps_follow_fastais_one_optimizer_over_both_models(name, mom, wd):
+    """fastai's GANLearner: one Adam over critic and generator, zero_grad leaves zero gradients, so
+    the model sitting a batch out also steps; ours: one optimizer each plus `idle_step`."""
+    pytest.importorskip("fastai")
+    from fastai.optimizer import Adam as FastaiAdam
+
+    from fastlight.tasks.wgan import build_adam, idle_step
+
+    torch.manual_seed(0)
+    crit, gen = [torch.randn(3, 4), torch.randn(5)], [torch.randn(4, 2), torch.randn(2)]
+    theirs = [p.clone().requires_grad_() for p in crit + gen]
+    ours_c, ours_g = [p.clone() for p in crit], [p.clone() for p in gen]
+    opt = FastaiAdam(theirs, lr=2e-3, mom=mom, sqr_mom=0.99, eps=1e-5, wd=wd)
+    cfg = {"name": name, "lr": 2e-3, "mom": mom, "sqr_mom": 0.99, "eps": 1e-5, "wd": wd}
+    opt_c, opt_g = build_adam(ours_c, cfg), build_adam(ours_g, cfg)
+    for i, turn in enumerate("CCCCCG" * 3 + "CCG"):
+        active = (0, 1) if turn == "C" else (2, 3)
+        grads = [torch.randn_like(p) * (1 + i) for p in theirs]
+        for j in active:
+            theirs[j].grad = grads[j].clone()  # fastai zeroes it in place
+        opt.step()
+        opt.zero_grad()  # fastai: zeroed, not None, from now on
+        ours, step, idle = (ours_c, opt_c, opt_g) if turn == "C" else (ours_g, opt_g, opt_c)
+        for p, j in zip(ours, active):
+            p.grad = grads[j]
+        step.step()
+        step.zero_grad(set_to_none=True)
+        idle_step(idle)
+        for a, b in zip(ours_c + ours_g, theirs):
+            torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-6)
+    assert not torch.equal(ours_g[0], gen[0]) and not torch.equal(ours_c[0], crit[0])
+
+
 class StepRecorder(L.Callback):
     """Which optimizer steps, and which models hold gradients at that moment."""
 

@@ -14,10 +14,12 @@ relu /2, layer1 /4, layer2 /8, layer3 /16; layer4 /32 is the bottom). The forwar
 encoder and keeps those outputs, so no hooks stay attached to the model (it deep-copies cleanly; save it
 through its state_dict: torch refuses to pickle weight-/spectral-normalised layers whole).
 
-`residual=True` goes beyond fastai: the U-Net predicts a correction added to its input
-(out = x + gate * unet(x), gate a learned scalar starting at 0), so a restoration model starts at the
-degraded input's PSNR instead of first having to learn the identity. With `y_range` the residual output
-is clamped to the range (a sigmoid would move the identity).
+`residual=True` goes beyond fastai: the U-Net predicts a correction added to its input,
+out = x + final_conv(h), with that last 1x1 conv plain (no weight norm) and zero-initialised, so a
+restoration model starts exactly at the degraded input's PSNR and every weight of the last conv gets a
+gradient from the first step. (A scalar gate at 0 in front of the correction, the first design, hardly
+opened in a short run: Adam moves one scalar by ~lr a step. A weight norm's g at 0 would do the same.)
+With `y_range` the residual output is clamped to the range (a sigmoid would move the identity).
 
 Layer groups are fastai's `_resnet_split`: encoder[:6], encoder[6:], the decoder (all the rest).
 """
@@ -94,17 +96,6 @@ class UnetBlock(nn.Module):
         return self.conv2(self.conv1(self.relu(torch.cat([up, self.bn(skip)], dim=1))))
 
 
-class ResidualGate(nn.Module):
-    """out = x + gate * correction, the gate a scalar starting at 0 (the model starts as the identity)."""
-
-    def __init__(self):
-        super().__init__()
-        self.gate = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
-        return x + self.gate * correction
-
-
 class DynamicUnet(nn.Module):
     """fastai's DynamicUnet for a torchvision ResNet (`arch` resnet18/34/50); see the module docstring.
 
@@ -118,7 +109,8 @@ class DynamicUnet(nn.Module):
                  weights_path: str | None = None, img_size=(128, 128), blur: bool = False, blur_final: bool = True,
                  self_attention: bool = False, y_range=None, last_cross: bool = True, bottle: bool = False,
                  norm_type: str | None = None, residual: bool = False, act_cls=nn.ReLU,
-                 init=nn.init.kaiming_normal_, encoder: nn.Sequential | None = None, split: int = RESNET_SPLIT):
+                 init=nn.init.kaiming_normal_, encoder: nn.Sequential | None = None, split: int = RESNET_SPLIT,
+                 residual_scale: float = 1.0):
         super().__init__()
         self.split = int(split)
         norm_type = norm_kind(norm_type)
@@ -158,11 +150,16 @@ class DynamicUnet(nn.Module):
             ni += n_in
             # bottle: a bottleneck inside the block (fastai v1's res_block); the output keeps ni channels
             self.res_block = ResBlock(ni, ni, ni // 2 if bottle else ni, act_cls=act_cls, norm_type=norm_type)
-        self.final_conv = ConvLayer(ni, n_out, ks=1, act_cls=None, norm_type=norm_type)
+        self.residual, self.residual_scale = bool(residual), float(residual_scale)
+        if residual:  # the correction's conv, zero at the start: the model starts as the identity
+            self.final_conv = ConvLayer(ni, n_out, ks=1, act_cls=None, norm_type="none")
+            nn.init.zeros_(self.final_conv[0].weight)
+            nn.init.zeros_(self.final_conv[0].bias)
+        else:
+            self.final_conv = ConvLayer(ni, n_out, ks=1, act_cls=None, norm_type=norm_type)
         init_plain_convs(self.middle_conv, init)
         if last_cross:
             init_plain_convs(self.res_block, init)
-        self.residual = ResidualGate() if residual else None
         self.y_range = tuple(float(v) for v in y_range) if y_range is not None else None
         self.sigmoid_range = SigmoidRange(*self.y_range) if self.y_range is not None and not residual else None
 
@@ -182,15 +179,15 @@ class DynamicUnet(nn.Module):
         if self.last_cross:
             h = self.res_block(torch.cat([h, x], dim=1))
         h = self.final_conv(h)
-        if self.residual is not None:
-            h = self.residual(x, h)
+        if self.residual:
+            h = x + self.residual_scale * h if self.residual_scale != 1 else x + h
             return h.clamp(*self.y_range) if self.y_range is not None else h
         return self.sigmoid_range(h) if self.sigmoid_range is not None else h
 
     def decoder(self) -> nn.ModuleList:
         """Everything after the encoder, in order (the last layer group)."""
         parts = [self.bn, self.relu, self.middle_conv, *self.blocks, self.shuf,
-                 self.res_block if self.last_cross else None, self.final_conv, self.residual, self.sigmoid_range]
+                 self.res_block if self.last_cross else None, self.final_conv, self.sigmoid_range]
         return nn.ModuleList([p for p in parts if p is not None])
 
     def layer_groups(self) -> list[nn.Module]:

@@ -7,7 +7,8 @@ distance the critic must be 1-Lipschitz: the lesson clips every critic weight to
 step (`penalty: clip`); `penalty: gp` adds WGAN-GP's gradient penalty instead,
 10 * (||grad C(x_hat)|| - 1)^2 at random points between real and fake images. The critic trains
 5 batches for each generator batch (a `FixedSwitcher`), both with Adam betas (0, 0.99) at a
-constant lr 2e-4.
+constant lr 2e-4. As in fastai's one optimizer for both models, the model that sits a batch out
+takes a zero-gradient Adam step (`idle_steps`, see `idle_step`).
 
 Lightning's manual optimization holds the two optimizers (critic first, then generator); every
 batch is one optimizer step of one of them, so `global_step` counts both. The switcher's position
@@ -107,12 +108,46 @@ def build_adam(params, optim: dict, lr_mult: float = 1.0) -> torch.optim.Optimiz
     name, lr, wd = optim.get("name", "adam"), optim["lr"], float(optim.get("wd", 0.0))
     lr = float(lr if isinstance(lr, (int, float)) else list(lr)[-1]) * lr_mult  # [hi] / [lo, hi]: hi
     kw = {"lr": lr, "betas": (float(optim.get("mom", 0.0)), float(optim.get("sqr_mom", 0.99))),
-          "eps": float(optim.get("eps", 1e-5)), "weight_decay": wd}
+          "eps": float(optim.get("eps", 1e-5)), "weight_decay": wd,
+          "fused": bool(optim.get("fused", False))}  # torch's fused kernel: the same update, fewer ops
     if name == "adamw":
         return torch.optim.AdamW(params, **kw)
     if name == "adam":
         return torch.optim.Adam(params, **kw)
     raise ConfigError(f"optim={name}: the GAN tasks train with optim=adam or optim=adamw")
+
+
+@torch.no_grad()
+def idle_step(opt: torch.optim.Optimizer) -> None:
+    """The zero-gradient Adam step fastai's GANLearner gives the model that sits a batch out.
+
+    fastai holds ONE optimizer over both models, and its zero_grad leaves zero gradients (not None)
+    behind, so every batch is also an optimizer step for the model that does not train: its
+    gradient average decays by mom, its squared-gradient average by sqr_mom, its step count grows
+    and decoupled weight decay applies; with mom 0 (the GANs' Adam) its weights stay put. In the
+    WGAN (5 critic batches per generator batch) that makes the generator's Adam steps about twice
+    as large as a separate Adam's. Only parameters that have stepped before take part (fastai's
+    gradient is None until a parameter's first backward). Written out on torch's Adam/AdamW state
+    (a zero-gradient `opt.step()` does the same, several times slower), outside Lightning: not a
+    training step."""
+    for group in opt.param_groups:
+        beta1, beta2 = group["betas"]
+        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+        decoupled = isinstance(opt, torch.optim.AdamW)
+        for p in group["params"]:
+            state = opt.state.get(p)
+            if not state:
+                continue
+            state["step"] += 1
+            if decoupled and wd:
+                p.mul_(1 - lr * wd)
+            if beta1:
+                exp_avg = state["exp_avg"].mul_(beta1)
+                step = float(state["step"])
+                denom = (state["exp_avg_sq"].mul_(beta2) / (1 - beta2**step)).sqrt_().add_(eps)
+                p.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1**step))
+            else:  # the step is 0; exp_avg (the last gradient) is never read with beta1 = 0
+                state["exp_avg_sq"].mul_(beta2)
 
 
 def check_finite(loss: torch.Tensor, what: str, step: int) -> float:
@@ -181,6 +216,7 @@ class WganTask(L.LightningModule):
         gp_weight: float = 10.0,
         switcher: dict | None = None,
         critic_lr_mult: float = 1.0,
+        idle_steps: bool = True,
         n_samples: int = 64,
         n_quality: int = 1000,
         noise_seed: int = 0,
@@ -195,6 +231,7 @@ class WganTask(L.LightningModule):
         self.penalty, self.clip, self.gp_weight = penalty, float(clip), float(gp_weight)
         self.switcher = make_switcher(switcher)
         self.critic_lr_mult, self.n_quality, self.noise_seed = float(critic_lr_mult), int(n_quality), int(noise_seed)
+        self.idle_steps = bool(idle_steps)
         g = torch.Generator().manual_seed(noise_seed)
         # Buffers: saved in checkpoints, so a resumed run and `fastlight generate` draw the same grid.
         self.register_buffer("fixed_noise", torch.randn(n_samples, model.noise_size, generator=g))
@@ -234,14 +271,20 @@ class WganTask(L.LightningModule):
         opt_c, opt_g = self.optimizers()
         critic_turn = not self.switcher.gen_mode
         opt = opt_c if critic_turn else opt_g
+        if self.penalty == "clip":
+            # fastai clamps before every batch: the critic's first step already sees clipped
+            # weights (its kaiming init would give Adam a first squared gradient far above later ones)
+            clip_weights(self.model.critic, self.clip)
         self.toggle_optimizer(opt)  # requires_grad only on the model that trains now
         loss = self.critic_loss(real) if critic_turn else self.generator_loss(real)
         self.manual_backward(loss)
         opt.step()
         opt.zero_grad(set_to_none=True)  # gradients live only between backward and step
         if critic_turn and self.penalty == "clip":
-            clip_weights(self.model.critic, self.clip)
+            clip_weights(self.model.critic, self.clip)  # and every weight stays within the clip at rest
         self.untoggle_optimizer(opt)
+        if self.idle_steps:
+            idle_step((opt_g if critic_turn else opt_c).optimizer)
         name = "critic" if critic_turn else "gen"
         value = check_finite(loss, name, self.global_step)
         self.log(f"train/{name}_loss", loss.detach(), prog_bar=True)
