@@ -4,9 +4,11 @@ Both peers train the DCGAN pair (basic_generator / basic_critic with LeakyReLU 0
 wide) on the same 60,000 MNIST training digits resized to 32 px (fastlight's MnistGan tensor, handed
 to fastai as a DataLoader of (noise, image) items), batch size 64, weight clipping 0.01, 5 critic
 batches per generator batch, Adam betas (0, 0.99), wd 0, constant lr 2e-4, for `--epochs` epochs
-(937 batches an epoch: 156 generator steps). Measured: generator and critic steps per second
-(training wall time) and the MNIST quality numbers of both generators on the same 1,000 noise
-vectors, scored by fastlight's cached MNIST judge, next to real digits' numbers.
+(937 batches an epoch: 156 generator steps), both from the same initial weights (fastlight's run
+saves them, fastai's models load them; `--own-init`: fastai draws its own). Measured: generator and
+critic steps per second (training wall time; and per CPU second of this process, steadier on a
+shared machine) and the MNIST quality numbers of both generators on the same 1,000 noise vectors,
+scored by fastlight's cached MNIST judge, next to real digits' numbers.
 
     flock /tmp/fastlight-bench.lock python tests/benchmarks/bench_gan.py            # ~10 min here
     python tests/benchmarks/bench_gan.py --features 16 --epochs 1 --threads 2
@@ -81,13 +83,14 @@ def fastai_wgan(images: torch.Tensor, features: int, epochs: int, seed: int, ini
 
         def before_fit(self):
             self.n_gen_steps = self.n_crit_steps = 0
-            self.train_seconds = 0.0
+            self.train_seconds = self.train_cpu = 0.0
 
         def before_train(self):
-            self.t0 = time.perf_counter()
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
 
         def after_train(self):
             self.train_seconds += time.perf_counter() - self.t0
+            self.train_cpu += time.process_time() - self.c0
 
         def before_batch(self):
             self.gen_turn = self.learn.gan_trainer.gen_mode  # the switcher may flip it in after_batch
@@ -104,7 +107,7 @@ def fastai_wgan(images: torch.Tensor, features: int, epochs: int, seed: int, ini
     learn.recorder.train_metrics = learn.recorder.valid_metrics = False
     with learn.no_bar(), learn.no_logging():
         learn.fit(epochs, 2e-4)
-    return gen, count.train_seconds, count.n_gen_steps, count.n_crit_steps
+    return gen, count.train_seconds, count.train_cpu, count.n_gen_steps, count.n_crit_steps
 
 
 def main() -> int:
@@ -153,14 +156,15 @@ def main() -> int:
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     n_steps = int(ckpt["global_step"])
     train_s = sum(e.wall for e in EpochTimer.epochs)  # training batches only, validation excluded
-    results["fastlight"] = {"seconds": train_s, "steps": n_steps, **score(task.model.generator)}
+    train_cpu = sum(e.cpu for e in EpochTimer.epochs)
+    results["fastlight"] = {"seconds": train_s, "cpu": train_cpu, "steps": n_steps, **score(task.model.generator)}
     print(f"fastlight run: {run_dir} ({n_steps} optimizer steps; metrics rows {len(rows)})", file=sys.stderr)
 
     if not args.no_fastai and import_fastai("fastai.vision.gan") is not None:
         torch.set_num_threads(args.threads)
         init = None if args.own_init else torch.load(run_dir / "initial_weights.pt", weights_only=True)
-        gen, seconds, n_gen, n_crit = fastai_wgan(dm.train, args.features, args.epochs, args.seed, init)
-        results["fastai"] = {"seconds": seconds, "gen": n_gen, "crit": n_crit, **score(gen)}
+        gen, seconds, cpu, n_gen, n_crit = fastai_wgan(dm.train, args.features, args.epochs, args.seed, init)
+        results["fastai"] = {"seconds": seconds, "cpu": cpu, "gen": n_gen, "crit": n_crit, **score(gen)}
     results["real digits"] = {**judge.reference()}
 
     fl = results["fastlight"]
@@ -169,9 +173,12 @@ def main() -> int:
     for p in peers:
         r = results[p]
         r["gen/s"], r["crit/s"] = r["gen"] / r["seconds"], r["crit"] / r["seconds"]
+        r["gen/cpu-s"] = r["gen"] / r["cpu"]  # steadier than wall time on a shared machine
     table = peers_table(peers + ["real digits"], [
         Column("gen steps", {p: results[p].get("gen", float("nan")) for p in peers + ["real digits"]}, ".0f"),
         Column("gen steps/s", {p: results[p].get("gen/s", float("nan")) for p in peers + ["real digits"]}, ".2f",
+               vs=("fastai",)),
+        Column("gen steps/CPU-s", {p: results[p].get("gen/cpu-s", float("nan")) for p in peers + ["real digits"]}, ".2f",
                vs=("fastai",)),
         Column("crit steps/s", {p: results[p].get("crit/s", float("nan")) for p in peers + ["real digits"]}, ".2f"),
         Column("fid", {p: results[p]["fid"] for p in peers + ["real digits"]}, ".2f"),

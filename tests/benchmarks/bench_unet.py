@@ -157,7 +157,7 @@ def bench_superres(root: Path, epochs: int, with_fastai: bool, limit: int) -> No
     rows, cset_rows = {}, []
     t0 = time.perf_counter()
     lim = [f"data.limit={limit}"]
-    model, dm, timing, _ = fastlight_superres(path, epochs, "mse", extra=lim)
+    model, dm, timing, _ = fastlight_superres(path, epochs, "mse", extra=lim + ["model.residual=false"])
     rows["fastlight"] = (train_ips(timing), *psnr_on(model, dm.val_dataloader(), dm.normalize, dm.denormalize))
     models = {"fastlight": model}
     if with_fastai:
@@ -176,7 +176,8 @@ def bench_superres(root: Path, epochs: int, with_fastai: bool, limit: int) -> No
                               Column("input PSNR dB", {p: rows[p][2] for p in peers}, ".2f")]))
     # feature loss: speed only, 2 batches an epoch, the second epoch measured
     feat = {}
-    _, _, ft, _ = fastlight_superres(path, 2, "feature", extra=lim + ["trainer.limit_train_batches=2"])
+    _, _, ft, _ = fastlight_superres(path, 2, "feature", extra=lim + ["trainer.limit_train_batches=2",
+                                                                       "model.residual=false"])
     feat["fastlight"] = (train_ips(ft),)
     if with_fastai:
         torch.manual_seed(0)
@@ -205,40 +206,73 @@ def bench_superres(root: Path, epochs: int, with_fastai: bool, limit: int) -> No
 
 
 # --- 4: camvid_tiny -------------------------------------------------------------------------------------
-def bench_camvid(root: Path, epochs: int, with_fastai: bool) -> None:
+def bench_camvid(root: Path, epochs: int, with_fastai: bool, seeds: list[int], extra=()) -> None:
+    """Both peers on fastlight's split (fastai's own RandomSplitter lists the files in a different
+    order, so its 20 validation images were not fastlight's), with denormals flushed for both
+    (fastlight's task does it on a CPU; fastai gets the same setting) and channels-last weights for both
+    (fastlight's `task.channels_last=true`, fastai's `to_channelslast(use_amp=False)`), once per seed."""
     lr = 3e-3
     path = root / "camvid_tiny"
-    overrides = ["task=segmentation", "data=camvid_tiny", f"data.path={path}", "data.batch_size=8",
-                 "model.arch=resnet34", "model.pretrained=false", "task.stages=null", f"optim.lr={lr}",
-                 f"trainer.max_epochs={epochs}", *QUIET, *timer_overrides("train")]
     t0 = time.perf_counter()
-    summary, _ = run_fastlight(overrides, prefix="bench_unet_camvid_")
-    rows = {"fastlight": (train_ips(list(EpochTimer.epochs)), summary["metrics"]["val/acc_camvid"])}
-    if with_fastai:
-        import fastai.vision.all as fv
-
-        fv.set_seed(SEED)
-        codes = (path / "codes.txt").read_text().split()
-        void = codes.index("Void")
-
-        def acc_camvid(inp, targ):
-            targ = targ.squeeze(1)
-            mask = targ != void
-            return (inp.argmax(dim=1)[mask] == targ[mask]).float().mean()
-
-        dls = fv.SegmentationDataLoaders.from_label_func(
-            path, fv.get_image_files(path / "images"), lambda o: path / "labels" / f"{o.stem}_P{o.suffix}",
-            codes=codes, valid_pct=0.2, seed=SEED, bs=8, num_workers=0,
-            batch_tfms=[*fv.aug_transforms(), fv.Normalize.from_stats(*fv.imagenet_stats)])
-        learn = fv.unet_learner(dls, fv.resnet34, pretrained=False, metrics=acc_camvid)
-        timer = fastai_timer("train")
-        with learn.no_bar(), learn.no_logging():
-            learn.fit_one_cycle(epochs, lr, cbs=[timer])
-        rows["fastai"] = (train_ips(timer.epochs), float(learn.validate()[1]))
-    print(f"\n## camvid_tiny, 96x128, bs 8, fit_one_cycle({epochs}, {lr:g}) from scratch "
-          f"({time.perf_counter() - t0:.0f} s)")
+    runs: dict[str, list] = {"fastlight": []}
+    for seed in seeds:
+        overrides = ["task=segmentation", "data=camvid_tiny", f"data.path={path}", "data.batch_size=8",
+                     "model.arch=resnet34", "model.pretrained=false", "task.stages=null", f"optim.lr={lr}",
+                     f"trainer.max_epochs={epochs}", *[o for o in QUIET if not o.startswith("seed=")],
+                     *timer_overrides("train"), f"seed={seed}", *extra]
+        summary, run_dir = run_fastlight(overrides, prefix="bench_unet_camvid_")
+        runs["fastlight"].append((train_ips(list(EpochTimer.epochs)), summary["metrics"]["val/acc_camvid"]))
+        print(f"  seed {seed} fastlight: {runs['fastlight'][-1]}", file=sys.stderr, flush=True)
+        if with_fastai:
+            runs.setdefault("fastai", []).append(fastai_camvid(path, run_dir, epochs, lr, seed))
+            print(f"  seed {seed} fastai: {runs['fastai'][-1]}", file=sys.stderr, flush=True)
+    rows = {p: ((median(r[0][0] for r in v), median(r[0][1] for r in v)), median(r[1] for r in v))
+            for p, v in runs.items()}
+    print(f"\n## camvid_tiny, 96x128, bs 8, fit_one_cycle({epochs}, {lr:g}) from scratch, the same split, "
+          f"seeds {seeds}, channels-last, denormals flushed (medians; {time.perf_counter() - t0:.0f} s)")
     peers = list(rows)
     print(peers_table(peers, [*speed_columns(rows), Column("acc_camvid", {p: rows[p][1] for p in peers}, ".3f")]))
+    for p, v in runs.items():
+        print(f"{p:10s} acc_camvid per seed: " + " ".join(f"{r[1]:.3f}" for r in v))
+
+
+def fastai_camvid(path: Path, run_dir: Path, epochs: int, lr: float, seed: int):
+    import fastai.vision.all as fv
+    from omegaconf import OmegaConf
+
+    from fastlight.data.segmentation import SegmentationData
+
+    cfg = OmegaConf.load(run_dir / "config.yaml").data
+    dm = SegmentationData(path=str(path), valid=cfg.valid, valid_pct=cfg.valid_pct, seed=seed)
+    dm.setup("fit")
+    valid_names = {img.name for img, _ in dm.valid_ds.items}
+    fv.set_seed(seed)
+    torch.set_flush_denormal(True)
+    codes = (path / "codes.txt").read_text().split()
+    void = codes.index("Void")
+
+    def acc_camvid(inp, targ):
+        targ = targ.squeeze(1)
+        mask = targ != void
+        return (inp.argmax(dim=1)[mask] == targ[mask]).float().mean()
+
+    block = fv.DataBlock(blocks=(fv.ImageBlock, fv.MaskBlock(codes)), get_items=fv.get_image_files,
+                         get_y=lambda o: path / "labels" / f"{o.stem}_P{o.suffix}",
+                         splitter=fv.FuncSplitter(lambda o: o.name in valid_names),
+                         batch_tfms=[*fv.aug_transforms(), fv.Normalize.from_stats(*fv.imagenet_stats)])
+    dls = block.dataloaders(path / "images", bs=8, num_workers=0)
+    assert {o.name for o in dls.valid.items} == valid_names
+    learn = fv.unet_learner(dls, fv.resnet34, pretrained=False, metrics=acc_camvid)
+    learn.to_channelslast(use_amp=False)  # fastlight's task.channels_last=true (fp32 both)
+    timer = fastai_timer("train")
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(epochs, lr, cbs=[timer])
+    # acc_camvid as fastlight computes it (torchmetrics' micro accuracy: every non-void pixel of the
+    # validation set counts once); fastai's AvgMetric averages per batch, weighted by the batch size
+    preds, targs = learn.get_preds()
+    targs = torch.as_tensor(targs).squeeze(1)
+    keep = targs != void
+    return train_ips(timer.epochs), float((preds.argmax(1)[keep] == targs[keep]).float().mean())
 
 
 # --- 6: the training step alone, interleaved (steadier than whole epochs on a shared machine) ---------
@@ -312,7 +346,8 @@ def bench_memory(root: Path) -> None:
 
     step_mb, step_s = child(STEP.format(threads=THREADS))
     # a restore run: the trained-for-one-epoch lesson U-Net (the weights do not change the memory)
-    _, run_dir = run_fastlight(superres_overrides(root / "sr" / "CSet14", 1, "mse") + ["data.limit=12"],
+    _, run_dir = run_fastlight(superres_overrides(root / "sr" / "CSet14", 1, "mse") + ["data.limit=12",
+                                                                                     "model.residual=false"],
                                prefix="bench_unet_mem_")
     tmp = Path(tempfile.mkdtemp(prefix="bench_unet_photo_"))
     rng = np.random.default_rng(0)
@@ -332,6 +367,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="superres epochs (default 2, as the issue's fastai run)")
     parser.add_argument("--limit", type=int, default=48, help="superres: the first N hymenoptera/train images")
     parser.add_argument("--camvid-epochs", type=int, default=3)
+    parser.add_argument("--camvid-seeds", type=int, nargs="+", default=[42], help="one camvid run per seed")
+    parser.add_argument("--camvid-override", nargs="*", default=[], help="extra fastlight overrides (A/B runs)")
     parser.add_argument("--only", nargs="+", choices=["superres", "camvid", "memory", "step"],
                         default=["superres", "camvid", "memory", "step"])
     parser.add_argument("--step-repeats", type=int, default=8)
@@ -343,7 +380,7 @@ def main() -> None:
     if "superres" in args.only:
         bench_superres(root, args.epochs, with_fastai, args.limit)
     if "camvid" in args.only:
-        bench_camvid(root, args.camvid_epochs, with_fastai)
+        bench_camvid(root, args.camvid_epochs, with_fastai, args.camvid_seeds, args.camvid_override)
     if "memory" in args.only:
         bench_memory(root)
     if "step" in args.only:

@@ -97,6 +97,30 @@ def test_augmentation_moves_the_mask_with_the_image_nearest_neighbour():
         assert agree > 0.9  # the image's blocks and the mask's blocks still coincide
 
 
+
+def test_fastai_affine_reflects_instead_of_voiding_and_keeps_the_mask_aligned():
+    """fastai's recipe (pad_mode=reflection): rotation + zoom + warp through one sampling grid; the
+    planted blocks of image and mask still coincide, no void appears, and the pictures do change."""
+    img, mask = blocks(4, 48, 64)
+    from torchvision import tv_tensors
+    from torchvision.transforms.v2 import functional as TF
+
+    tf = seg_transforms((48, 64), True, fill=3, min_scale=1.0, max_rotate=20, max_lighting=0.0, do_flip=True,
+                        max_zoom=1.2, max_warp=0.2, pad_mode="reflection")
+    x0, y0 = tv_tensors.Image(TF.pil_to_tensor(img)), tv_tensors.Mask(TF.pil_to_tensor(mask)[0].long())
+    torch.manual_seed(0)
+    changed = 0
+    for _ in range(8):
+        x, y = tf(x0, y0)
+        assert x.dtype == torch.uint8 and y.dtype == torch.int64 and y.shape == (48, 64)
+        assert set(y.unique().tolist()) <= {0, 1, 2}  # nearest, and reflection brings in no void
+        red_class = ((x[0].float() - 40) / 60).round().long()
+        assert (red_class == y).float().mean() > 0.93  # only pixels on block edges may disagree
+        changed += not torch.equal(y, y0) and not torch.equal(y, y0.flip(-1))
+    assert changed >= 6  # the affine part runs with p 0.75 for each of its three parts
+    with pytest.raises(ConfigError, match="pad_mode"):
+        seg_transforms((48, 64), True, 3, 1.0, 10, 0.0, True, pad_mode="border")
+
 BAD_CASES = {
     "empty": ("holds no images", lambda r: [p.unlink() for p in (r / "images").iterdir()]),
     "size": ("masks must match their images", lambda r: Image.new("L", (10, 10)).save(r / "labels" / "f03_P.png")),

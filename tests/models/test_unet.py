@@ -144,6 +144,13 @@ def test_residual_unet_starts_at_its_input_and_learns_a_correction(one_thread):
     assert model(x * 10).abs().max() <= 3  # y_range clamps the residual output
     with pytest.raises(ConfigError, match="n_out"):
         DynamicUnet("resnet18", n_out=4, img_size=32, residual=True)
+    scaled = DynamicUnet("resnet18", img_size=32, residual=True, y_range=(-3, 3), norm_type="weight", residual_scale=0.25)
+    scaled.load_state_dict(model.state_dict())
+    model.eval(), scaled.eval()
+    with torch.no_grad():  # residual_scale multiplies the correction, nothing else
+        a, b = scaled(x), model(x)
+        inside = (a.abs() < 2.99) & (b.abs() < 2.99)  # y_range clamps the rest
+        torch.testing.assert_close((a - x)[inside], 0.25 * (b - x)[inside], atol=1e-5, rtol=1e-4)
 
 
 def test_bad_options_and_offline_weights_say_one_sentence(monkeypatch, tmp_path):

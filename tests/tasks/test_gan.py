@@ -78,6 +78,7 @@ def test_the_lessons_stages_run_in_order_with_the_switcher_in_the_gan_phase(tmp_
     assert [h["phase"] for h in task.history] == ["generator", "critic", "gan", "gan"]
     summary = task.summarize(tmp_path)
     assert summary["psnr_before_gan"] == task.history[1]["psnr"] and summary["psnr_after_gan"] == task.history[3]["psnr"]
+    assert summary["gan_steps"] == {"critic": 6, "generator": 2}
 
 
 def test_critic_loss_is_the_mean_of_real_vs_one_and_fake_vs_zero_over_every_patch():
@@ -156,3 +157,49 @@ def test_a_gan_phase_can_start_from_an_earlier_runs_generator_and_critic(train_r
     for k, v in pre_ckpt.items():
         if k.startswith("model."):
             torch.testing.assert_close(seen["state"][k], v, rtol=0, atol=0)
+
+
+def test_a_gan_phase_from_a_loaded_generator_reports_its_numbers_before_and_after(tmp_path, one_thread):
+    dm, task = tiny_task([{"phase": "gan", "epochs": 1, "lr": 1e-4}], {"name": "fixed", "n_crit": 1, "n_gen": 1})
+    task.vgg_fid = {"pretrained": False}  # the feature loss's untrained VGG16-bn
+    trainer_for(tmp_path, [], enable_checkpointing=False).fit(task, datamodule=dm)
+    loaded, gan = task.history
+    assert loaded["phase"] == "loaded" and gan["phase"] == "gan"
+    summary = task.summarize(tmp_path)
+    for k in ("psnr", "ssim", "vgg_fid"):
+        assert summary[f"{k}_before_gan"] == loaded[k] and summary[f"{k}_after_gan"] == gan[k]
+    assert summary["vgg_fid_before_gan"] != summary["vgg_fid_after_gan"]  # the generator trained
+    assert "untrained" in summary["vgg_fid_features"]
+    assert task.trainer.callback_metrics["val/psnr_before_gan"] == pytest.approx(loaded["psnr"])
+
+
+def test_vgg_frechet_distance_is_zero_for_the_same_images_and_grows_with_a_difference():
+    from fastlight.interpret.gan_quality import VggFrechet
+
+    torch.manual_seed(0)
+    real = torch.randn(16, 3, 16, 16)
+    fd = VggFrechet(pretrained=False, layer=22)  # a shallower layer (256-d) keeps the test quick
+    fd.update(real, real)
+    assert fd.compute() == pytest.approx(0.0, abs=1e-6)
+    fd.reset()
+    fd.update(real + 0.3 * torch.randn_like(real), real)
+    small = fd.compute()
+    fd.reset()
+    fd.update(real + 1.0 * torch.randn_like(real), real)
+    assert 0 < small < fd.compute()
+
+
+def test_a_pretrained_critic_tells_fakes_from_real_so_the_adaptive_switcher_hands_over(tmp_path, one_thread):
+    stages = [{"phase": "generator", "epochs": 2, "lr": 1e-3}, {"phase": "critic", "epochs": 6, "lr": 1e-3},
+              {"phase": "gan", "epochs": 2, "lr": 1e-4}]
+    dm, task = tiny_task(stages, {"name": "adaptive", "critic_thresh": 0.65})
+    losses = []
+
+    class CriticLosses(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if pl_module.stage.phase == "critic":
+                losses.append(float(outputs["loss"]))
+
+    trainer_for(tmp_path, [CriticLosses()], enable_checkpointing=False).fit(task, datamodule=dm)
+    assert losses[0] > 0.65 > sum(losses[-4:]) / 4  # from chance (ln 2) to below the switcher's threshold
+    assert task.gan_steps["generator"] >= 2  # so the GAN phase trains the generator too

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -30,7 +31,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     from scipy import linalg
 
     diff = mu1 - mu2
-    covmean, _ = linalg.sqrtm(sigma1 @ sigma2, disp=False)
+    with warnings.catch_warnings():  # singular covariances (fewer samples than features) are expected
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean, _ = linalg.sqrtm(sigma1 @ sigma2, disp=False)
     if not np.isfinite(covmean).all():  # a near-singular product: regularise as the FID reference code does
         eps = np.eye(len(mu1)) * 1e-6
         covmean = linalg.sqrtm((sigma1 + eps) @ (sigma2 + eps))
@@ -164,3 +167,43 @@ class MnistJudge:
         if self._reference is None:
             self._reference = self.score(self.holdout)
         return self._reference
+
+
+class VggFrechet:
+    """The Fréchet distance of restored images to real ones in the feature space of the feature loss's
+    VGG16-bn (lesson7-superres: vgg16_bn.features, ImageNet-normalised inputs): each image is the
+    mean over positions of `features[layer]` (default 42, the ReLU before the last max-pool, 512-d).
+
+    `pretrained=False` uses the untrained VGG the feature loss builds then (seed 0, the same every
+    time): a fixed random projection, comparable across runs but not a perceptual measure like
+    Inception's FID. With fewer images than feature dimensions the covariances are singular and the
+    distance is a biased, noisier estimate: compare runs on the same validation images only.
+    """
+
+    def __init__(self, pretrained: bool = False, weights_path: str | None = None, layer: int = 42):
+        from fastlight.models.feature_loss import vgg16_bn_features
+
+        self.pretrained = bool(pretrained or weights_path)
+        self.vgg = vgg16_bn_features(pretrained, weights_path)[: int(layer) + 1].eval()
+        for p in self.vgg.parameters():
+            p.requires_grad_(False)
+        self.reset()
+
+    def reset(self) -> None:
+        self.fake: list[torch.Tensor] = []
+        self.real: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        self.vgg.to(x.device)
+        return self.vgg(x.float()).mean((2, 3)).double().cpu()
+
+    def update(self, fake: torch.Tensor, real: torch.Tensor) -> None:
+        self.fake.append(self.pooled(fake))
+        self.real.append(self.pooled(real))
+
+    def compute(self) -> float | None:
+        """The distance over everything updated since the last reset (None below 2 images)."""
+        if sum(len(f) for f in self.fake) < 2:
+            return None
+        return frechet_distance(*gaussian_stats(torch.cat(self.fake)), *gaussian_stats(torch.cat(self.real)))

@@ -12,8 +12,11 @@ patch) tells restored images from real ones. The lesson's four steps are the sta
   4. optionally gan again at a larger size and a lower lr (the lesson's 192 px step).
 `task.generator=<run>` / `task.critic=<run>` start from an earlier run's weights (a gan run, or a
 superres run for the generator) and skip that pretraining, so one pretraining serves many GAN phases.
-Each epoch logs `train/stage`, val/psnr, val/ssim, val/critic_acc and a before / after / target grid;
-the summary holds PSNR/SSIM before and after the GAN phase. Checkpoints hold both optimizers and the
+Each epoch logs `train/stage`, val/psnr, val/ssim, val/critic_acc, val/vgg_fid (the Fréchet distance to
+the real images in the feature loss's VGG16-bn space) and a before / after / target grid; the summary
+holds all three numbers before and after the GAN phase (GAN epochs also log the `*_before_gan` values,
+for the comparison dashboard). As in fastai's single optimizer, the model sitting a GAN batch out takes
+a zero-gradient Adam step (`idle_steps`). Checkpoints hold both optimizers and the
 switcher's position: a run killed mid-GAN-phase resumes there (`ckpt_path=<run>/checkpoints/last.ckpt`).
 """
 
@@ -28,7 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastlight.errors import ConfigError
-from fastlight.tasks.wgan import build_adam, check_finite, make_gif, make_switcher
+from fastlight.tasks.wgan import (
+    build_adam,
+    check_finite,
+    idle_step,
+    make_gif,
+    make_switcher,
+)
 from fastlight.training.layer_groups import freeze_to, group_lrs
 from fastlight.training.schedules import one_cycle_at
 
@@ -85,7 +94,7 @@ class GanTask(L.LightningModule):
     def __init__(self, model: nn.Module, optim: dict, schedule: dict, stages: list, switcher: dict | None = None,
                  weights_gen: tuple = (1.0, 50.0), critic_lr_mult: float = 5.0, train_bn: bool = True,
                  generator: str | None = None, critic: str | None = None, n_grid: int = 4,
-                 moms: tuple = (0.95, 0.85, 0.95)):
+                 moms: tuple = (0.95, 0.85, 0.95), idle_steps: bool = True, vgg_fid: dict | None = None):
         super().__init__()
         self.automatic_optimization = False  # two optimizers take turns: Lightning's manual optimization
         from fastlight.tasks.superres import image_metrics
@@ -102,7 +111,12 @@ class GanTask(L.LightningModule):
         self.w_adv, self.w_pix = (float(w) for w in weights_gen)
         self.critic_lr_mult, self.train_bn, self.n_grid, self.moms = float(critic_lr_mult), train_bn, int(n_grid), moms
         self.val_metrics = image_metrics()
+        self.idle_steps = bool(idle_steps)
+        # not a submodule: the VGG is rebuilt (as the feature loss's), never saved in checkpoints
+        self.vgg_fid = dict(vgg_fid) if vgg_fid else None
+        self._frechet = None
         self.history: list[dict] = []  # per epoch: stage, phase, val psnr/ssim/critic_acc (kept in checkpoints)
+        self.gan_steps = {"critic": 0, "generator": 0}  # GAN-phase steps of each: did the switcher hand over?
         self._grid = None
 
     def forward(self, x):
@@ -199,10 +213,13 @@ class GanTask(L.LightningModule):
         opt.step()
         opt.zero_grad(set_to_none=True)
         self.untoggle_optimizer(opt)
+        if phase == "gan" and self.idle_steps:  # fastai's one optimizer over both (see wgan.idle_step)
+            idle_step((opt_g if train_critic else opt_c).optimizer)
         name = "critic" if train_critic else "gen"
         value = check_finite(loss, name, self.global_step)
         self.log(f"train/{name}_loss", loss.detach(), prog_bar=True)
         if phase == "gan":
+            self.gan_steps["critic" if train_critic else "generator"] += 1
             self.switcher.step(value)
         return loss.detach()
 
@@ -217,6 +234,8 @@ class GanTask(L.LightningModule):
         n = len(x)
         self.log("val/critic_acc", acc, batch_size=n)
         self.log("val/loss", F.mse_loss(fake, y), batch_size=n)
+        if self.frechet is not None:
+            self.frechet.update(fake, y)  # ImageNet-normalised, as the feature loss feeds its VGG
         pred, target = RestorationBase.denormalize(fake), RestorationBase.denormalize(y)
         self.val_metrics.update(pred, target)
         for name, metric in self.val_metrics.items():
@@ -226,13 +245,44 @@ class GanTask(L.LightningModule):
             inp = RestorationBase.denormalize(x)
             self._grid = [(inp[i].cpu(), pred[i].cpu(), target[i].cpu()) for i in range(k)]
 
+    @property
+    def frechet(self):
+        if self.vgg_fid is not None and self._frechet is None:
+            from fastlight.interpret.gan_quality import VggFrechet
+
+            self._frechet = VggFrechet(**self.vgg_fid)
+        return self._frechet
+
+    def on_validation_epoch_start(self):
+        if self.frechet is not None:
+            self.frechet.reset()
+
+    def vgg_fid_value(self) -> float | None:
+        if self.frechet is None or not self.frechet.fake:
+            return None
+        if self.trainer.world_size > 1:  # every rank's images (DistributedSampler: equal counts)
+            for name in ("fake", "real"):
+                feats = self.all_gather(torch.cat(getattr(self.frechet, name)).to(self.device))
+                setattr(self.frechet, name, [feats.flatten(0, 1).double().cpu()])
+        return self.frechet.compute()
+
     def on_validation_epoch_end(self):
         if self.trainer.sanity_checking:
             return
+        fid = self.vgg_fid_value()
         m = self.trainer.callback_metrics
         i = self.stage_index()
-        self.history.append({"epoch": self.current_epoch, "stage": i, "phase": self.stages[i].phase,
-                             **{k: float(m[f"val/{k}"]) for k in ("psnr", "ssim", "critic_acc") if f"val/{k}" in m}})
+        entry = {"epoch": self.current_epoch, "stage": i, "phase": self.stages[i].phase,
+                 **{k: float(m[f"val/{k}"]) for k in ("psnr", "ssim", "critic_acc") if f"val/{k}" in m}}
+        if fid is not None:
+            entry["vgg_fid"] = fid
+            self.log("val/vgg_fid", fid)
+        before = self.before_gan()
+        if entry["phase"] == "gan" and before:  # next to this epoch's numbers on the dashboard
+            for k in ("psnr", "ssim", "vgg_fid"):
+                if before.get(k) is not None:
+                    self.log(f"val/{k}_before_gan", float(before[k]))
+        self.history.append(entry)
         if self._grid and self.trainer.global_rank == 0:
             from fastlight.interpret.media import publish_image
             from fastlight.tasks.superres import make_grid_image
@@ -250,20 +300,61 @@ class GanTask(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["gan_switcher"] = self.switcher.state_dict()
         checkpoint["gan_history"] = list(self.history)
+        checkpoint["gan_steps"] = dict(self.gan_steps)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "gan_switcher" in checkpoint:
             self.switcher.load_state_dict(checkpoint["gan_switcher"])
         self.history = list(checkpoint.get("gan_history", []))
+        self.gan_steps = dict(checkpoint.get("gan_steps", self.gan_steps))
+
+    def before_gan(self) -> dict | None:
+        """The generator's numbers just before the first GAN epoch: the last pretraining epoch, or
+        (a GAN phase started from an earlier run's generator) the `loaded` evaluation."""
+        gan = [h for h in self.history if h["phase"] == "gan"]
+        first = gan[0]["epoch"] if gan else self.current_epoch
+        before = [h for h in self.history if h["phase"] != "gan" and h["epoch"] < first]
+        return before[-1] if before else None
+
+    def on_train_start(self):
+        # A run that opens with the GAN phase has no pretraining epoch to compare with: measure the
+        # loaded generator once (kept in the history, so a resumed run does not measure it again).
+        if self.stages[0].phase == "gan" and not self.history and self.trainer.datamodule is not None:
+            self.history.append({"epoch": -1, "stage": -1, "phase": "loaded", **self.evaluate_generator()})
+
+    @torch.no_grad()
+    def evaluate_generator(self) -> dict:
+        """PSNR, SSIM (and the VGG Fréchet distance) of the generator on the validation images."""
+        from fastlight.data.restoration import RestorationBase
+        from fastlight.tasks.superres import image_metrics
+
+        dm, was_training = self.trainer.datamodule, self.training
+        metrics = image_metrics().to(self.device)
+        if self.frechet is not None:
+            self.frechet.reset()
+        self.eval()
+        for batch in dm.val_dataloader():  # every rank sees every image: no gathering needed
+            x, y = dm.on_after_batch_transfer([t.to(self.device) for t in batch], 0)
+            fake = self.model.generator(x).float()
+            if self.frechet is not None:
+                self.frechet.update(fake, y)
+            metrics.update(RestorationBase.denormalize(fake), RestorationBase.denormalize(y))
+        self.train(was_training)
+        out = {k: float(v) for k, v in metrics.compute().items()}
+        fid = self.frechet.compute() if self.frechet is not None else None
+        return {**out, "vgg_fid": fid} if fid is not None else out
 
     def summarize(self, run_dir: Path) -> dict:
-        """PSNR/SSIM of the generator at the end of the last epoch before the first GAN stage, and at the end."""
+        """PSNR/SSIM/VGG Fréchet distance of the generator just before the first GAN stage and at the end."""
         out: dict = {"stages": [s.__dict__ for s in self.stages], "switcher": self.switcher.state_dict(),
-                     "history": self.history}
-        before = [h for h in self.history if h["phase"] != "gan"]
+                     "gan_steps": dict(self.gan_steps), "history": self.history}
         gan = [h for h in self.history if h["phase"] == "gan"]
-        if before and gan and before[-1]["epoch"] < gan[0]["epoch"]:
-            out["psnr_before_gan"], out["ssim_before_gan"] = before[-1].get("psnr"), before[-1].get("ssim")
-        if gan:
-            out["psnr_after_gan"], out["ssim_after_gan"] = gan[-1].get("psnr"), gan[-1].get("ssim")
+        before = self.before_gan()
+        for when, h in (("before", before if gan else None), ("after", gan[-1] if gan else None)):
+            for k in ("psnr", "ssim", "vgg_fid"):
+                if h is not None and h.get(k) is not None:
+                    out[f"{k}_{when}_gan"] = h[k]
+        if self.vgg_fid is not None:
+            out["vgg_fid_features"] = ("pretrained" if self.frechet.pretrained else "untrained (random, seed 0)") + \
+                " vgg16_bn, as the feature loss builds it"
         return out

@@ -45,11 +45,12 @@ def palette(n: int, void: int | None = None) -> torch.Tensor:
 
 class SegmentationTask(Task):
     def __init__(self, model: nn.Module, optim: dict, schedule: dict, stages: list | None = None,
-                 train_bn: bool = True, n_grid: int = 4, ignore_void_in_loss: bool = False):
+                 train_bn: bool = True, n_grid: int = 4, ignore_void_in_loss: bool = False,
+                 channels_last: bool = False):
         super().__init__(optim, schedule)
         self.model = model
         self.stages, self.train_bn, self.n_grid = stages, train_bn, int(n_grid)
-        self.ignore_void_in_loss = ignore_void_in_loss
+        self.ignore_void_in_loss, self.channels_last = ignore_void_in_loss, bool(channels_last)
         self.codes: list[str] = []
         self.void: int | None = None
         self.metrics: nn.ModuleDict | None = None
@@ -83,6 +84,14 @@ class SegmentationTask(Task):
                 raise ConfigError(f"task.stages={self.stages!r}: give a list of stages or null")
             self._staged = StagedTraining(parse_stages(self.stages), train_bn=self.train_bn)
         return callbacks + [self._staged]
+
+    def on_fit_start(self) -> None:
+        # Late in a one-cycle the softmax's and the gradients' tiny values go denormal and a CPU step
+        # got ~2.5x slower (66 vs 25 CPU-s for camvid_tiny's 3rd epoch); flushing them changes no metric.
+        if self.device.type == "cpu":
+            torch.set_flush_denormal(True)
+        if self.channels_last:  # NHWC convs: ~1.3x faster steps for this U-Net on a CPU (plain convs + BN)
+            self.model.to(memory_format=torch.channels_last)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         # BatchSizeFinder's trials are one-step fits (max_steps=1): Task's stop-at-max_steps would end
