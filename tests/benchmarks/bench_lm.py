@@ -4,6 +4,7 @@
     python tests/benchmarks/bench_lm.py                     # 1 epoch each on ptb.valid.txt, test on ptb.test.txt
     python tests/benchmarks/bench_lm.py --epochs 3
     python tests/benchmarks/bench_lm.py --max-batches 6     # speed only, a few batches (busy machine)
+    python tests/benchmarks/bench_lm.py --precision bf16    # bf16 autocast for both peers (avx512_bf16 CPUs)
 
 Both train on the same numericalized stream (fastlight's PTB reader, `data.train=valid`), batch
 size 32, bptt 70, fastai's awd_lstm_lm_config (400/1152/3) with drop_mult, AR 2 / TAR 1, Adam
@@ -11,6 +12,15 @@ size 32, bptt 70, fastai's awd_lstm_lm_config (400/1152/3) with drop_mult, AR 2 
 denormals flushed, the same torch threads. Reported: training tokens per second (training batches
 only, validation excluded) and ptb.test.txt perplexity, both peers scored by the same function
 (exp of the mean cross-entropy over every test token, state carried through the test stream).
+
+Throughput is given twice: over whole training epochs, and as the median over training batches
+(each batch timed from its start to the end of its optimizer step, data loading excluded, the
+same span for both peers). The median is the steadier one on a shared machine: two threads on
+two cores lose several times their speed for as long as any other process runs, so a single
+epoch's mean mostly measures the neighbours (this turn's 260 vs 256 tokens/s).
+`--precision bf16`: fastlight runs `trainer.precision=bf16-mixed`; fastai, whose MixedPrecision
+callback is CUDA-only, gets the same `torch.autocast("cpu", torch.bfloat16)` around its forward
+and loss (a callback here), so the two peers still compare the same precision.
 """
 
 from __future__ import annotations
@@ -19,10 +29,59 @@ import argparse
 import math
 import sys
 import time
+from typing import ClassVar
 
 import common
+import lightning as L
 import torch
 import torch.nn.functional as F
+
+
+class BatchTimer(L.Callback):
+    """fastlight's per-batch timer (added with `+callbacks.batch_timer`); seconds on the class."""
+
+    seconds: ClassVar[list[float]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        BatchTimer.seconds.append(time.perf_counter() - self._start)
+
+
+def fastai_batch_timer():
+    """The same span on fastai's side: before_batch -> after_batch (after its optimizer step)."""
+    from fastai.callback.core import Callback
+
+    class FastaiBatchTimer(Callback):
+        order = -50  # first in, so the clock includes every other callback's work
+
+        def __init__(self):
+            self.seconds: list[float] = []
+
+        def before_batch(self):
+            self._start = time.perf_counter()
+
+        def after_batch(self):
+            if self.training:
+                self.seconds.append(time.perf_counter() - self._start)
+
+    return FastaiBatchTimer()
+
+
+def fastai_cpu_autocast():
+    """bf16 autocast on CPU around fastai's forward and loss (fastai's MixedPrecision is CUDA-only)."""
+    from fastai.callback.core import Callback
+
+    class CPUAutocast(Callback):
+        def before_batch(self):
+            self.ctx = torch.autocast("cpu", dtype=torch.bfloat16)
+            self.ctx.__enter__()
+
+        def after_loss(self):
+            self.ctx.__exit__(None, None, None)
+
+    return CPUAutocast()
 
 
 @torch.no_grad()
@@ -53,15 +112,19 @@ def run_fastlight(args, root) -> dict:
                  f"data.bptt={args.bptt}", "data.n_workers=1", f"model.drop_mult={args.drop_mult}",
                  f"optim.lr={args.lr}", f"trainer.max_epochs={args.epochs}", f"torch_threads={args.threads}",
                  "logger=csv", "callbacks.progress_bar.refresh_rate=0", "trainer.num_sanity_val_steps=0",
-                 *common.timer_overrides("train")]
+                 *common.timer_overrides("train"), f"+callbacks.batch_timer._target_={BatchTimer.__module__}.BatchTimer"]
+    if args.precision == "bf16":
+        overrides.append("trainer.precision=bf16-mixed")
     if args.max_batches:
         overrides += [f"trainer.limit_train_batches={args.max_batches}", f"trainer.limit_val_batches={args.max_batches}",
                       f"trainer.limit_test_batches={args.max_batches}"]
+    BatchTimer.seconds = []
     summary, run_dir = common.run_fastlight(overrides, prefix="bench_lm_", quiet=True)
     if summary["status"] != "completed":
         raise SystemExit(f"fastlight run failed: {summary['error']}")
     epochs = common.EpochTimer.epochs
-    return {"epochs": epochs, "test_ppl": summary["metrics"].get("test/perplexity"), "run_dir": run_dir}
+    return {"epochs": epochs, "batches": list(BatchTimer.seconds), "test_ppl": summary["metrics"].get("test/perplexity"),
+            "run_dir": run_dir}
 
 
 def run_fastai(args, dm) -> dict:
@@ -80,8 +143,10 @@ def run_fastai(args, dm) -> dict:
     dls = DataLoaders(train, valid, device="cpu")
     dls.vocab = dm.vocab
     learn = language_model_learner(dls, AWD_LSTM, drop_mult=args.drop_mult, pretrained=False, metrics=[accuracy])
-    timer = common.fastai_timer("train")
-    cbs = [timer, GradientClip(0.25)]
+    timer, batches = common.fastai_timer("train"), fastai_batch_timer()
+    cbs = [timer, batches, GradientClip(0.25)]
+    if args.precision == "bf16":
+        cbs.append(fastai_cpu_autocast())
     if args.max_batches:
         cbs.append(ShortEpochCallback(pct=args.max_batches / len(train), short_valid=True))
     with learn.no_bar(), learn.no_logging():
@@ -89,7 +154,9 @@ def run_fastai(args, dm) -> dict:
     test = dm.test_dataloader()
     if args.max_batches:
         test = [b for _, b in zip(range(args.max_batches), test)]
-    return {"epochs": timer.epochs, "test_ppl": stream_perplexity(learn.model, test)}
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+        ppl = stream_perplexity(learn.model, test)  # scored as fastlight's bf16 run tests: under autocast
+    return {"epochs": timer.epochs, "batches": batches.seconds, "test_ppl": ppl}
 
 
 def main() -> None:
@@ -101,6 +168,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--drop-mult", type=float, default=1.0, help="fastai's language_model_learner default")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", default="32", choices=["32", "bf16"], help="bf16: autocast for both peers")
     parser.add_argument("--data", help="data root (default: $FASTLIGHT_DATA or ../shared/data)")
     parser.add_argument("--no-fastai", action="store_true")
     args = parser.parse_args()
@@ -110,7 +178,8 @@ def main() -> None:
     dm = ptb_data(root, args.bs, args.bptt)
     tokens = sum(x.numel() for _, (x, _) in zip(range(args.max_batches or 10**9), dm.train_dataloader()))
     print(f"ptb.valid.txt: {dm.stats['train_tokens']} tokens, vocab {len(dm.vocab)}; {tokens} training tokens "
-          f"per epoch; bs {args.bs}, bptt {args.bptt}, drop_mult {args.drop_mult}, {args.threads} threads",
+          f"per epoch; bs {args.bs}, bptt {args.bptt}, drop_mult {args.drop_mult}, {args.threads} threads, "
+          f"precision {args.precision}",
           file=sys.stderr)
     fastai = common.import_fastai("fastai.text.all", not args.no_fastai)
     peers = ["fastlight"] + (["fastai"] if fastai is not None else [])
@@ -122,13 +191,17 @@ def main() -> None:
         results[peer] = run_fastlight(args, root) if peer == "fastlight" else run_fastai(args, dm)
         results[peer]["wall"] = time.perf_counter() - t
         e = results[peer]["epochs"]
-        print(f"  {peer}: {[round(tokens / x.wall) for x in e]} tokens/s per epoch, test ppl "
+        per_batch = args.bs * args.bptt / common.median(results[peer]["batches"])
+        print(f"  {peer}: {[round(tokens / x.wall) for x in e]} tokens/s per epoch, {per_batch:.0f} per batch "
+              f"(median of {len(results[peer]['batches'])}), test ppl "
               f"{results[peer]['test_ppl']:.1f}, {results[peer]['wall']:.0f} s in all", file=sys.stderr, flush=True)
     speed = {p: common.median(tokens / e.wall for e in results[p]["epochs"]) for p in peers}
     cpu = {p: common.median(tokens / e.cpu for e in results[p]["epochs"]) for p in peers}
+    batch = {p: args.bs * args.bptt / common.median(results[p]["batches"]) for p in peers}
     ppl = {p: results[p]["test_ppl"] for p in peers}
     print(common.peers_table(peers, [
-        common.Column("train tokens/s", speed, ".0f", ("fastai",)),
+        common.Column("tokens/s (batch median)", batch, ".0f", ("fastai",)),
+        common.Column("train tokens/s (epoch)", speed, ".0f", ("fastai",)),
         common.Column("tokens/CPU-s", cpu, ".0f", ("fastai",)),
         common.Column(f"ptb.test ppl ({args.epochs} ep{', partial' if args.max_batches else ''})", ppl, ".1f"),
     ]))
