@@ -158,7 +158,8 @@ def epoch_loader(ds, batch_size: int, train: bool, seed: int, num_workers: int) 
     seeded crops), the last partial training batch dropped when there is more than one batch."""
     sampler = EpochSampler(len(ds), seed) if train else None
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=train and len(ds) > batch_size,
-                      num_workers=num_workers, pin_memory=torch.cuda.is_available())
+                      num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=num_workers > 0)  # no fork and no cold first batch per epoch
 
 
 def seeded(transform, key, *tensors):

@@ -169,6 +169,8 @@ class ImageData(L.LightningDataModule):
             ds, batch_size=self.batch_size, shuffle=train,
             drop_last=train and len(ds) > self.batch_size,  # fastai drops it too: BN needs > 1 image
             num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+            # Workers live across epochs: no fork and no cold first batch at every epoch start.
+            persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self):
