@@ -183,18 +183,19 @@ def main() -> None:
           file=sys.stderr)
     fastai = common.import_fastai("fastai.text.all", not args.no_fastai)
     peers = ["fastlight"] + (["fastai"] if fastai is not None else [])
-    results = {}
-    for peer in peers:
+
+    def run(peer: str, _repeat: int) -> dict:
         torch.manual_seed(0)
-        torch.set_num_threads(args.threads)
         t = time.perf_counter()
-        results[peer] = run_fastlight(args, root) if peer == "fastlight" else run_fastai(args, dm)
-        results[peer]["wall"] = time.perf_counter() - t
-        e = results[peer]["epochs"]
-        per_batch = args.bs * args.bptt / common.median(results[peer]["batches"])
-        print(f"  {peer}: {[round(tokens / x.wall) for x in e]} tokens/s per epoch, {per_batch:.0f} per batch "
-              f"(median of {len(results[peer]['batches'])}), test ppl "
-              f"{results[peer]['test_ppl']:.1f}, {results[peer]['wall']:.0f} s in all", file=sys.stderr, flush=True)
+        result = run_fastlight(args, root) if peer == "fastlight" else run_fastai(args, dm)
+        return {**result, "wall": time.perf_counter() - t}
+
+    def describe(r: dict) -> str:
+        per_batch = args.bs * args.bptt / common.median(r["batches"])
+        return (f"{[round(tokens / x.wall) for x in r['epochs']]} tokens/s per epoch, {per_batch:.0f} per batch "
+                f"(median of {len(r['batches'])}), test ppl {r['test_ppl']:.1f}, {r['wall']:.0f} s in all")
+
+    results = {p: r[0] for p, r in common.interleaved(peers, 1, run, describe, threads=args.threads).items()}
     speed = {p: common.median(tokens / e.wall for e in results[p]["epochs"]) for p in peers}
     cpu = {p: common.median(tokens / e.cpu for e in results[p]["epochs"]) for p in peers}
     batch = {p: args.bs * args.bptt / common.median(results[p]["batches"]) for p in peers}

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 
 import common
@@ -154,15 +153,15 @@ def main() -> None:
     root = common.data_root(args.data)
     fastai = common.import_fastai("fastai.text.all", not args.no_fastai)
     peers = ["fastlight"] + (["fastai"] if fastai is not None else [])
-    results = {}
-    for peer in peers:
+
+    def run(peer: str, _repeat: int) -> dict:
         torch.manual_seed(0)
-        torch.set_num_threads(args.threads)
         t = time.perf_counter()
-        results[peer] = fastlight_pipeline(args, root) if peer == "fastlight" else fastai_pipeline(args, root)
-        results[peer]["total s"] = time.perf_counter() - t
-        print(f"  {peer}: " + ", ".join(f"{k} {v:.3g}" for k, v in results[peer].items() if v is not None),
-              file=sys.stderr, flush=True)
+        result = fastlight_pipeline(args, root) if peer == "fastlight" else fastai_pipeline(args, root)
+        return {**result, "total s": time.perf_counter() - t}
+
+    describe = lambda r: ", ".join(f"{k} {v:.3g}" for k, v in r.items() if v is not None)
+    results = {p: r[0] for p, r in common.interleaved(peers, 1, run, describe, threads=args.threads).items()}
     keys = ["accuracy", "clf s/epoch", "step 2 s", "step 3 s", "total s"]
     clf = "the lesson's 5 staged epochs" if args.clf_schedule == "ulmfit" else f"{args.clf_epochs} unfrozen epochs"
     print(f"imdb_sample, AWD-LSTM {args.emb}/{args.hid}/{args.layers}, bptt {args.bptt}, {args.threads} threads; "
