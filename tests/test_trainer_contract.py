@@ -109,6 +109,15 @@ def test_bf16_mixed_precision_trains_every_task(train_run, task):
     assert summary["status"] == "completed" and math.isfinite(value)
 
 
+@pytest.mark.parametrize("task", TASKS)
+def test_bf16_mixed_precision_with_gradient_clipping_trains_every_task(train_run, task):
+    """Lightning's mixed-precision plugin refuses to clip a fused optimizer: such runs get the for-loop Adam."""
+    value, _, counts, summary = run(train_run, task, "trainer.precision=bf16-mixed", "trainer.limit_train_batches=4",
+                                    "trainer.gradient_clip_val=0.25", "optim=adam", "optim.fused=true")
+    assert_hooks_per_step(counts, 4)
+    assert summary["status"] == "completed" and math.isfinite(value)
+
+
 @pytest.mark.parametrize("task", ["mnist", "collab", "vision"])
 def test_resume_from_a_mid_epoch_checkpoint_equals_an_uninterrupted_run(train_run, tmp_path, task):
     args = ("trainer.max_epochs=2", "schedule=constant")

@@ -5,6 +5,7 @@
     python tests/benchmarks/bench_lm.py --epochs 3
     python tests/benchmarks/bench_lm.py --max-batches 6     # speed only, a few batches (busy machine)
     python tests/benchmarks/bench_lm.py --precision bf16    # bf16 autocast for both peers (avx512_bf16 CPUs)
+    python tests/benchmarks/bench_lm.py --precision bf16 --fastai-precision 32   # each at its best CPU setting
 
 Both train on the same numericalized stream (fastlight's PTB reader, `data.train=valid`), batch
 size 32, bptt 70, fastai's awd_lstm_lm_config (400/1152/3) with drop_mult, AR 2 / TAR 1, Adam
@@ -21,6 +22,8 @@ epoch's mean mostly measures the neighbours (this turn's 260 vs 256 tokens/s).
 `--precision bf16`: fastlight runs `trainer.precision=bf16-mixed`; fastai, whose MixedPrecision
 callback is CUDA-only, gets the same `torch.autocast("cpu", torch.bfloat16)` around its forward
 and loss (a callback here), so the two peers still compare the same precision.
+`--fastai-precision 32` leaves fastai at fp32, what fastai itself offers on a CPU: fastlight's
+bf16-mixed against fastai as a fastai user can run it (perplexity says what the precision costs).
 """
 
 from __future__ import annotations
@@ -145,7 +148,7 @@ def run_fastai(args, dm) -> dict:
     learn = language_model_learner(dls, AWD_LSTM, drop_mult=args.drop_mult, pretrained=False, metrics=[accuracy])
     timer, batches = common.fastai_timer("train"), fastai_batch_timer()
     cbs = [timer, batches, GradientClip(0.25)]
-    if args.precision == "bf16":
+    if fastai_bf16(args):
         cbs.append(fastai_cpu_autocast())
     if args.max_batches:
         cbs.append(ShortEpochCallback(pct=args.max_batches / len(train), short_valid=True))
@@ -154,9 +157,13 @@ def run_fastai(args, dm) -> dict:
     test = dm.test_dataloader()
     if args.max_batches:
         test = [b for _, b in zip(range(args.max_batches), test)]
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fastai_bf16(args)):
         ppl = stream_perplexity(learn.model, test)  # scored as fastlight's bf16 run tests: under autocast
     return {"epochs": timer.epochs, "batches": batches.seconds, "test_ppl": ppl}
+
+
+def fastai_bf16(args) -> bool:
+    return (args.fastai_precision or args.precision) == "bf16"
 
 
 def main() -> None:
@@ -169,6 +176,7 @@ def main() -> None:
     parser.add_argument("--drop-mult", type=float, default=1.0, help="fastai's language_model_learner default")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--precision", default="32", choices=["32", "bf16"], help="bf16: autocast for both peers")
+    parser.add_argument("--fastai-precision", choices=["32", "bf16"], help="fastai's own (default: --precision)")
     parser.add_argument("--data", help="data root (default: $FASTLIGHT_DATA or ../shared/data)")
     parser.add_argument("--no-fastai", action="store_true")
     args = parser.parse_args()
@@ -179,7 +187,7 @@ def main() -> None:
     tokens = sum(x.numel() for _, (x, _) in zip(range(args.max_batches or 10**9), dm.train_dataloader()))
     print(f"ptb.valid.txt: {dm.stats['train_tokens']} tokens, vocab {len(dm.vocab)}; {tokens} training tokens "
           f"per epoch; bs {args.bs}, bptt {args.bptt}, drop_mult {args.drop_mult}, {args.threads} threads, "
-          f"precision {args.precision}",
+          f"precision {args.precision} (fastai {args.fastai_precision or args.precision})",
           file=sys.stderr)
     fastai = common.import_fastai("fastai.text.all", not args.no_fastai)
     peers = ["fastlight"] + (["fastai"] if fastai is not None else [])

@@ -11,6 +11,8 @@ Set5/Set14, and peak memory. CPU, 2 threads, from scratch (no pretrained weights
 3. the restoration gain on CSet5 / CSet14 (full images): the crappify-trained models against the
    crappy input, and a model trained the same way on `degrade=bicubic scale=2` against bicubic
    interpolation (RGB PSNR and the papers' Y-channel PSNR with a 2-px border cropped).
+   `--only gain` measures the same gain after a real CPU budget (`--gain-epochs` on every
+   hymenoptera/train image, the residual U-Net with MSE, fastlight only).
 4. camvid_tiny at 96x128, batch size 8: unet_learner(resnet34, pretrained=False) vs fastlight,
    fit_one_cycle(6, 3e-3), images/s and acc_camvid (20% random validation, seed 42).
 5. peak resident memory (child processes): one 256 px training step at batch size 8 with the
@@ -51,6 +53,7 @@ prepare_process()
 SIZE, BS, LR, WD, SEED, THREADS = 128, 8, 1e-3, 1e-3, 42, 2
 UNET = ["model.arch=resnet34", "model.pretrained=false", "model.blur=true", "model.norm_type=weight",
         "model.self_attention=true", "model.y_range=[-3,3]"]
+OVERRIDES: list[str] = []  # --override: appended to every fastlight run (e.g. trainer.precision=bf16-mixed)
 QUIET = ["logger=csv", "callbacks.progress_bar=null", "+trainer.enable_progress_bar=false",
          "trainer.num_sanity_val_steps=0", f"torch_threads={THREADS}", f"seed={SEED}"]
 
@@ -59,7 +62,7 @@ def superres_overrides(path: Path, epochs: int, loss: str, degrade: str = "crapp
     return ["task=superres", "data=folder", f"data.path={path}", f"data.degrade={degrade}", f"data.size={SIZE}",
             f"data.batch_size={BS}", "data.num_workers=2", f"loss.name={loss}", "loss.pretrained=false",
             "task.stages=null", f"optim.lr={LR}", f"optim.wd={WD}", f"trainer.max_epochs={epochs}",
-            *UNET, *QUIET, *timer_overrides("train"), *extra]
+            *UNET, *QUIET, *timer_overrides("train"), *extra, *OVERRIDES]
 
 
 @torch.no_grad()
@@ -203,6 +206,35 @@ def bench_superres(root: Path, epochs: int, with_fastai: bool, limit: int) -> No
     print(f"{'set':7s} {'model (degradation)':34s} {'model dB':>9s} {'input dB':>9s} {'gain dB':>8s}")
     for name, peer, a, b, gain in cset_rows:
         print(f"{name:7s} {peer:34s} {a:9.2f} {b:9.2f} {gain:+8.2f}")
+
+
+def bench_gain(root: Path, epochs: int, limit: int | None) -> None:
+    """The restoration gain after `epochs` on hymenoptera/train (all of it unless `limit`): residual U-Nets
+    trained on crappify and on bicubic x2, each scored on full CSet5/CSet14 images against its input."""
+    path = root / "hymenoptera" / "train"
+    extra = ["model.residual=true", *([f"data.limit={limit}"] if limit else [])]
+    rows = []
+    for degrade, kwargs, border in (("crappify", {"degrade": "crappify", "seed": SEED}, None),
+                                    ("bicubic", {"degrade": "bicubic", "scale": 2, "seed": SEED}, 2)):
+        t0, c0 = time.perf_counter(), time.process_time()
+        model, dm, timing, summary = fastlight_superres(path, epochs, "mse", degrade=degrade, extra=extra)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        steps = sum(e.rows for e in timing) // BS
+        print(f"  {degrade}: {len(dm.train_ds)} train images, {steps} steps, {wall:.0f} s wall, {cpu:.0f} CPU-s "
+              f"(main process), val PSNR {summary['metrics'].get('val/psnr', float('nan')):.2f} vs input "
+              f"{summary['metrics'].get('val/psnr_input', float('nan')):.2f}", file=sys.stderr, flush=True)
+        for name in ("CSet5", "CSet14"):
+            g = cset_gain(model, kwargs, root / "sr" / name, border)
+            rows.append((name, f"residual U-Net ({degrade}{' x2' if border else ''})", g["psnr"], g["psnr_input"]))
+            if border:
+                rows.append((name, "  same, Y channel, border 2", g["psnr_y"], g["psnr_y_input"]))
+        rows.append(("", f"  budget: {epochs} epochs, {steps} steps of bs {BS} at {SIZE} px, {wall / 60:.1f} min "
+                         f"wall on {THREADS} threads", None, None))
+    print(f"\n## restoration gain after {epochs} epochs on hymenoptera/train, resnet34 residual U-Net from "
+          f"scratch, MSE, fit_one_cycle({epochs}, {LR:g}), full Set5/Set14 images")
+    print(f"{'set':7s} {'model (degradation)':34s} {'model dB':>9s} {'input dB':>9s} {'gain dB':>8s}")
+    for name, peer, a, b in rows:
+        print(f"{name:7s} {peer}" if a is None else f"{name:7s} {peer:34s} {a:9.2f} {b:9.2f} {a - b:+8.2f}")
 
 
 # --- 4: camvid_tiny -------------------------------------------------------------------------------------
@@ -368,19 +400,26 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=48, help="superres: the first N hymenoptera/train images")
     parser.add_argument("--camvid-epochs", type=int, default=3)
     parser.add_argument("--camvid-seeds", type=int, nargs="+", default=[42], help="one camvid run per seed")
-    parser.add_argument("--camvid-override", nargs="*", default=[], help="extra fastlight overrides (A/B runs)")
-    parser.add_argument("--only", nargs="+", choices=["superres", "camvid", "memory", "step"],
+    parser.add_argument("--override", nargs="*", default=[],
+                        help="extra overrides for every fastlight run (A/B runs; trainer.precision=bf16-mixed: "
+                             "fastai stays at fp32, the only CPU precision its API offers)")
+    parser.add_argument("--gain-epochs", type=int, default=8, help="--only gain: epochs on hymenoptera/train")
+    parser.add_argument("--gain-limit", type=int, default=None, help="--only gain: the first N images (all)")
+    parser.add_argument("--only", nargs="+", choices=["superres", "camvid", "memory", "step", "gain"],
                         default=["superres", "camvid", "memory", "step"])
     parser.add_argument("--step-repeats", type=int, default=8)
     parser.add_argument("--no-fastai", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
+    OVERRIDES.extend(args.override)
     root = data_root(args.data)
     with_fastai = import_fastai("fastai.vision.all", not args.no_fastai) is not None
     if "superres" in args.only:
         bench_superres(root, args.epochs, with_fastai, args.limit)
+    if "gain" in args.only:
+        bench_gain(root, args.gain_epochs, args.gain_limit)
     if "camvid" in args.only:
-        bench_camvid(root, args.camvid_epochs, with_fastai, args.camvid_seeds, args.camvid_override)
+        bench_camvid(root, args.camvid_epochs, with_fastai, args.camvid_seeds, args.override)
     if "memory" in args.only:
         bench_memory(root)
     if "step" in args.only:

@@ -65,6 +65,10 @@ class Task(L.LightningModule):
         o = dict(self.optim)
         name, lr, wd = o.pop("name"), o.pop("lr"), o.pop("wd", 0.0)
         wd_bn_bias = o.pop("wd_bn_bias", False)
+        if o.get("fused") and "mixed" in str(self.trainer.precision) and (self.trainer.gradient_clip_val or 0) > 0:
+            # Lightning's mixed-precision plugin will not clip a fused optimizer's gradients (it takes a
+            # fused optimizer to unscale them itself), so clipped mixed-precision runs use the for-loop Adam.
+            o["fused"] = False
         groups = param_groups(self.layer_groups(), lr, wd, wd_bn_bias)
         optimizer = build_optimizer(name, groups, lr=groups[-1]["lr"], wd=wd, **o)
         s = dict(self.schedule)
