@@ -72,21 +72,6 @@ def fastai_batch_timer():
     return FastaiBatchTimer()
 
 
-def fastai_cpu_autocast():
-    """bf16 autocast on CPU around fastai's forward and loss (fastai's MixedPrecision is CUDA-only)."""
-    from fastai.callback.core import Callback
-
-    class CPUAutocast(Callback):
-        def before_batch(self):
-            self.ctx = torch.autocast("cpu", dtype=torch.bfloat16)
-            self.ctx.__enter__()
-
-        def after_loss(self):
-            self.ctx.__exit__(None, None, None)
-
-    return CPUAutocast()
-
-
 @torch.no_grad()
 def stream_perplexity(model, batches) -> float:
     """exp(mean next-token cross-entropy) over `batches`, the state carried from batch to batch."""
@@ -149,7 +134,7 @@ def run_fastai(args, dm) -> dict:
     timer, batches = common.fastai_timer("train"), fastai_batch_timer()
     cbs = [timer, batches, GradientClip(0.25)]
     if fastai_bf16(args):
-        cbs.append(fastai_cpu_autocast())
+        cbs.append(common.fastai_cpu_autocast())
     if args.max_batches:
         cbs.append(ShortEpochCallback(pct=args.max_batches / len(train), short_valid=True))
     with learn.no_bar(), learn.no_logging():

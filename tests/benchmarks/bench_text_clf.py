@@ -5,6 +5,7 @@
     python tests/benchmarks/bench_text_clf.py --general none          # skip step 1
     python tests/benchmarks/bench_text_clf.py --emb 128 --hid 384 --general none --lm-epochs 4 --lm-lr 1e-2 \
         --clf-schedule unfrozen --clf-epochs 12 --clf-lr 5e-3            # a from-scratch budget that learns here
+    ... --precision bf16 --fastai-precision 32   # fastlight's bf16-mixed against fastai's only CPU precision
 
   step 1  a language model on a general corpus available here (`--general`: ptb's valid file, or
           shakespeare), from scratch (where WT103 can be downloaded, `model.pretrained=wt103` replaces it)
@@ -39,7 +40,7 @@ def size_overrides(args) -> list[str]:
 
 
 def fastlight_pipeline(args, root) -> dict:
-    quiet = ["logger=csv", "callbacks.progress_bar.refresh_rate=0", "trainer.num_sanity_val_steps=0",
+    quiet = [*(["trainer.precision=bf16-mixed"] if args.precision == "bf16" else []), "logger=csv", "callbacks.progress_bar.refresh_rate=0", "trainer.num_sanity_val_steps=0",
              f"torch_threads={args.threads}", f"data.root={root}", "data.n_workers=2"]
     out, weights = {}, []
     if args.general != "none":
@@ -92,6 +93,9 @@ def fastai_pipeline(args, root) -> dict:
     out["tokenize s"] = time.perf_counter() - t
     learn = language_model_learner(dls_lm, AWD_LSTM, config={**awd_lstm_lm_config, **size}, pretrained=False,
                                    drop_mult=0.3, path=common.REPO / "outputs" / "bench_fastai_text")
+    bf16 = (args.fastai_precision or args.precision) == "bf16"  # autocast through a bench callback
+    if bf16:
+        learn.add_cb(common.fastai_cpu_autocast())
     with learn.no_bar(), learn.no_logging():
         learn.fit_one_cycle(args.lm_epochs, args.lm_lr)
     learn.save_encoder("bench_enc")
@@ -103,6 +107,8 @@ def fastai_pipeline(args, root) -> dict:
     clf = text_classifier_learner(dls, AWD_LSTM, config={**awd_lstm_clas_config, **size}, pretrained=False,
                                   drop_mult=0.5, metrics=accuracy, seq_len=args.bptt, path=learn.path)
     clf.load_encoder("bench_enc")
+    if bf16:
+        clf.add_cb(common.fastai_cpu_autocast())
     timer = common.fastai_timer("epoch")
     lr = args.clf_lr
     with clf.no_bar(), clf.no_logging():
@@ -146,6 +152,11 @@ def main() -> None:
                         help="ulmfit: the lesson's gradual unfreezing; unfrozen: fit_one_cycle(--clf-epochs)")
     parser.add_argument("--clf-epochs", type=int, default=12, help="with --clf-schedule unfrozen")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", default="32", choices=["32", "bf16"],
+                        help="bf16: fastlight's trainer.precision=bf16-mixed (and fastai's, unless --fastai-precision)")
+    parser.add_argument("--fastai-precision", choices=["32", "bf16"],
+                        help="fastai's (default: --precision; bf16 through a CPU autocast callback, as its "
+                             "MixedPrecision is CUDA-only)")
     parser.add_argument("--data", help="data root (default: $FASTLIGHT_DATA or ../shared/data)")
     parser.add_argument("--no-fastai", action="store_true")
     args = parser.parse_args()
@@ -164,7 +175,8 @@ def main() -> None:
     results = {p: r[0] for p, r in common.interleaved(peers, 1, run, describe, threads=args.threads).items()}
     keys = ["accuracy", "clf s/epoch", "step 2 s", "step 3 s", "total s"]
     clf = "the lesson's 5 staged epochs" if args.clf_schedule == "ulmfit" else f"{args.clf_epochs} unfrozen epochs"
-    print(f"imdb_sample, AWD-LSTM {args.emb}/{args.hid}/{args.layers}, bptt {args.bptt}, {args.threads} threads; "
+    print(f"imdb_sample, AWD-LSTM {args.emb}/{args.hid}/{args.layers}, bptt {args.bptt}, {args.threads} threads, "
+          f"precision {args.precision} (fastai {args.fastai_precision or args.precision}); "
           f"step 1: {args.general}; step 2: {args.lm_epochs} ep at {args.lm_lr}; step 3: {clf} at {args.clf_lr}")
     print(common.peers_table(peers, [common.Column(k, {p: results[p].get(k, float("nan")) for p in peers},
                                                    ".3f" if k == "accuracy" else ".1f",

@@ -14,7 +14,8 @@ Set5/Set14, and peak memory. CPU, 2 threads, from scratch (no pretrained weights
    `--only gain` measures the same gain after a real CPU budget (`--gain-epochs` on every
    hymenoptera/train image, the residual U-Net with MSE, fastlight only).
 4. camvid_tiny at 96x128, batch size 8: unet_learner(resnet34, pretrained=False) vs fastlight,
-   fit_one_cycle(6, 3e-3), images/s and acc_camvid (20% random validation, seed 42).
+   fit_one_cycle(3, 3e-3), images/s and acc_camvid (20% random validation), once per --camvid-seeds; with
+   3 or more seeds also the paired difference and its 95% CI: a 3-epoch run from scratch moves by ~0.03 a seed.
 5. peak resident memory (child processes): one 256 px training step at batch size 8 with the
    feature loss, and `fastlight restore` on a 2000x2000 photo.
 6. the training step alone, both U-Nets alternating on the same batch: steadier than whole epochs
@@ -228,8 +229,8 @@ def bench_gain(root: Path, epochs: int, limit: int | None) -> None:
             rows.append((name, f"residual U-Net ({degrade}{' x2' if border else ''})", g["psnr"], g["psnr_input"]))
             if border:
                 rows.append((name, "  same, Y channel, border 2", g["psnr_y"], g["psnr_y_input"]))
-        rows.append(("", f"  budget: {epochs} epochs, {steps} steps of bs {BS} at {SIZE} px, {wall / 60:.1f} min "
-                         f"wall on {THREADS} threads", None, None))
+        budget = f"  budget: {epochs} epochs, {steps} steps of bs {BS} at {SIZE} px, {wall / 60:.1f} min wall"
+        rows.append(("", f"{budget} on {THREADS} threads", None, None))
     print(f"\n## restoration gain after {epochs} epochs on hymenoptera/train, resnet34 residual U-Net from "
           f"scratch, MSE, fit_one_cycle({epochs}, {LR:g}), full Set5/Set14 images")
     print(f"{'set':7s} {'model (degradation)':34s} {'model dB':>9s} {'input dB':>9s} {'gain dB':>8s}")
@@ -266,6 +267,16 @@ def bench_camvid(root: Path, epochs: int, with_fastai: bool, seeds: list[int], e
     print(peers_table(peers, [*speed_columns(rows), Column("acc_camvid", {p: rows[p][1] for p in peers}, ".3f")]))
     for p, v in runs.items():
         print(f"{p:10s} acc_camvid per seed: " + " ".join(f"{r[1]:.3f}" for r in v))
+    if len(runs) == 2 and len(seeds) > 2:  # how far apart the peers are, next to how much a seed moves either
+        import statistics
+
+        from scipy.stats import t  # installed with fastai
+
+        d = [a[1] - b[1] for a, b in zip(runs["fastlight"], runs["fastai"])]
+        mean, half = statistics.mean(d), t.ppf(0.975, len(d) - 1) * statistics.stdev(d) / len(d) ** 0.5
+        print(f"fastlight - fastai, paired by seed: mean {mean:+.3f}, 95% CI {mean - half:+.3f} .. {mean + half:+.3f} "
+              f"(n {len(d)}; per-seed sd fastlight {statistics.stdev(r[1] for r in runs['fastlight']):.3f}, "
+              f"fastai {statistics.stdev(r[1] for r in runs['fastai']):.3f})")
 
 
 def fastai_camvid(path: Path, run_dir: Path, epochs: int, lr: float, seed: int):

@@ -129,6 +129,21 @@ def fastai_timer(scope: str = "epoch"):
     return FastaiEpochTimer()
 
 
+def fastai_cpu_autocast():
+    """bf16 autocast on CPU around fastai's forward and loss (fastai's MixedPrecision is CUDA-only)."""
+    from fastai.callback.core import Callback
+
+    class CPUAutocast(Callback):
+        def before_batch(self):
+            self.ctx = torch.autocast("cpu", dtype=torch.bfloat16)
+            self.ctx.__enter__()
+
+        def after_loss(self):
+            self.ctx.__exit__(None, None, None)
+
+    return CPUAutocast()
+
+
 def run_fastlight(overrides: Sequence[str], prefix: str = "bench_", quiet: bool = False,
                   run_dir: Path | None = None) -> tuple[dict, Path]:
     """The real `python train.py <overrides>` run, in this process: (its summary.json, its folder)."""
