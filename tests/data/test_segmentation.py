@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from fastlight.data.augment import seg_transforms
 from fastlight.data.segmentation import (
     CamVidData,
     SegmentationData,
     SyntheticSegmentationData,
-    seg_transforms,
 )
 from fastlight.errors import ConfigError, DataError
 
@@ -120,6 +120,41 @@ def test_fastai_affine_reflects_instead_of_voiding_and_keeps_the_mask_aligned():
     assert changed >= 6  # the affine part runs with p 0.75 for each of its three parts
     with pytest.raises(ConfigError, match="pad_mode"):
         seg_transforms((48, 64), True, 3, 1.0, 10, 0.0, True, pad_mode="border")
+
+def test_lighting_is_fastais_brightness_and_contrast_in_logit_space():
+    """fastai's Brightness and Contrast with the same draws give the same picture (to uint8 rounding);
+    each part runs with p 0.75 on its own (both off: 1/16 of the images), within fastai's ranges."""
+    augment = pytest.importorskip("fastai.vision.augment")
+    from fastai.torch_core import TensorImage
+    from torchvision import tv_tensors
+
+    from fastlight.data.augment import Lighting, lighting
+
+    img = torch.randint(0, 256, (3, 24, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for b, c in ((0.42, 1.0), (0.5, 1.25), (0.58, 0.8), (0.45, 1.1)):
+        x = TensorImage(img[None].float() / 255)
+        x = augment.Brightness(p=1.0, draw=b)(x, split_idx=0)
+        theirs = (augment.Contrast(p=1.0, draw=c)(x, split_idx=0)[0] * 255).round()
+        ours = lighting(img, b, c)
+        assert (ours.float() - theirs).abs().max() <= 1 and not torch.equal(ours, img)
+    grey, mask = tv_tensors.Image(torch.full((3, 4, 4), 200, dtype=torch.uint8)), tv_tensors.Mask(torch.zeros(4, 4))
+    torch.manual_seed(0)
+    outs = [Lighting(0.2)(grey, mask) for _ in range(800)]
+    assert all(m is mask for _, m in outs)
+    values = torch.tensor([int(x[0, 0, 0]) for x, _ in outs])
+    assert 0.04 < (values == 200).float().mean() < 0.12  # both off: (1 - 0.75) ** 2, plus tiny draws
+    # b in 0.4..0.6 and c in 0.8..1.25: sigmoid((logit(200 / 255) -+ 0.405) * (0.8 | 1.25)) * 255 = 171 | 228
+    assert 171 <= int(values.min()) < 180 and 220 < int(values.max()) <= 228
+
+
+def test_warp_draws_its_x_and_y_magnitudes_each_with_p_as_fastai():
+    from fastlight.data.augment import AffineWarp
+
+    warp = AffineWarp(max_rotate=0.0, max_zoom=1.0, max_warp=0.2, p=0.75)
+    torch.manual_seed(0)
+    identity = sum(warp.matrix() is None for _ in range(2000)) / 2000
+    assert 0.045 < identity < 0.08  # both axes off: (1 - 0.75) ** 2, not the 1/4 of one draw for both
+
 
 BAD_CASES = {
     "empty": ("holds no images", lambda r: [p.unlink() for p in (r / "images").iterdir()]),

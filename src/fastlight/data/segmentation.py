@@ -8,7 +8,7 @@ Class names come from `codes.txt` (one per line) or a list; the void class, igno
 metrics, by name (`Void`) or index. The validation set comes from a list of image names
 (`valid.txt`), from `train`/`val` folders (`valid=folders`) or from a seeded random split.
 Augmentation moves the mask with the image (nearest-neighbour for the mask): fastai's recipe
-(flip; rotation, zoom and warp through one reflection-padded sampling grid, `AffineWarp`; lighting) or
+(flip; rotation, zoom and warp through one reflection-padded sampling grid, `fastlight.data.augment`) or
 torchvision's crops and rotations; masks are checked once in `setup` (size, values) so a bad one is one
 sentence.
 
@@ -19,23 +19,27 @@ through Lightning's `BatchSizeFinder` (see `batch_size_callbacks`).
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 import tarfile
 from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from fastlight.data.augment import seg_transforms
 from fastlight.data.core import data_root
 from fastlight.data.restoration import epoch_loader, seeded
 from fastlight.data.split import random_split_indices
-from fastlight.data.vision import image_files, imagenet_denormalize, imagenet_normalize, resolve_path
+from fastlight.data.vision import (
+    image_files,
+    imagenet_denormalize,
+    imagenet_normalize,
+    resolve_path,
+)
 from fastlight.errors import ConfigError, DataError
 
 CAMVID_URL = "https://s3.amazonaws.com/fast-ai-imagelocal/camvid.tgz"
@@ -80,85 +84,6 @@ def np_mask(mask: Image.Image) -> tv_tensors.Mask:
     if mask.mode not in ("L", "P", "I", "I;16"):
         mask = mask.convert("L")
     return tv_tensors.Mask(v2.functional.pil_to_tensor(mask)[0].long())
-
-
-class AffineWarp(torch.nn.Module):
-    """fastai's affine augmentation of an (image, mask) pair, each part with probability `p`: a rotation
-    of up to `max_rotate` degrees, a zoom in of 1..`max_zoom` around a random centre, a perspective warp
-    moving the corners by up to `max_warp` (normalised coordinates). One sampling grid for both, with
-    fastai's reflection padding (nothing comes from outside the picture); bilinear for the image,
-    nearest for the mask. A grid_sample per item: cheaper than torchvision's pad + rotate + warp chain."""
-
-    def __init__(self, max_rotate: float = 10.0, max_zoom: float = 1.1, max_warp: float = 0.2, p: float = 0.75):
-        super().__init__()
-        self.max_rotate, self.max_zoom, self.max_warp, self.p = max_rotate, max_zoom, max_warp, p
-
-    def matrix(self) -> torch.Tensor | None:
-        """The 3x3 map from output to input coordinates, or None for the identity (drawn from torch's RNG)."""
-        u = torch.rand(7).tolist()
-        on = torch.rand(3) < self.p
-        m, warped = torch.eye(3), False
-        if self.max_warp and on[2]:  # homography moving the corners (-1,-1), (-1,1), (1,-1), (1,1)
-            mx, my = ((2 * v - 1) * self.max_warp for v in u[5:7])
-            src = [(-1, -1), (-1, 1), (1, -1), (1, 1)]
-            dst = [(-1 - my, -1 - mx), (-1 + my, 1 + mx), (1 + my, -1 + mx), (1 - my, 1 - mx)]
-            rows = []
-            for (x, y), (X, Y) in zip(src, dst):
-                rows += [[x, y, 1, 0, 0, 0, -X * x, -X * y], [0, 0, 0, x, y, 1, -Y * x, -Y * y]]
-            h = torch.linalg.solve(torch.tensor(rows, dtype=torch.float64), torch.tensor(dst, dtype=torch.float64).flatten())
-            m, warped = torch.cat([h, torch.ones(1, dtype=torch.float64)]).view(3, 3).float(), True
-        a = torch.eye(3)
-        if self.max_rotate and on[0]:
-            t = math.radians((2 * u[0] - 1) * self.max_rotate)
-            a = torch.tensor([[math.cos(t), -math.sin(t), 0], [math.sin(t), math.cos(t), 0], [0, 0, 1]]) @ a
-        if self.max_zoom > 1 and on[1]:
-            s = 1 / (1 + u[1] * (self.max_zoom - 1))  # the input region shrinks: a zoom in
-            a = torch.tensor([[s, 0, (1 - s) * (2 * u[2] - 1)], [0, s, (1 - s) * (2 * u[3] - 1)], [0, 0, 1]]) @ a
-        if not warped and torch.equal(a, torch.eye(3)):
-            return None
-        return a @ m
-
-    def forward(self, img, mask):
-        m = self.matrix()
-        if m is None:
-            return img, mask
-        h, w = img.shape[-2:]
-        ys, xs = torch.meshgrid(torch.linspace(-1 + 1 / h, 1 - 1 / h, h), torch.linspace(-1 + 1 / w, 1 - 1 / w, w),
-                                indexing="ij")
-        pts = torch.stack([xs, ys, torch.ones_like(xs)], -1) @ m.T
-        grid = (pts[..., :2] / pts[..., 2:]).unsqueeze(0)
-        sample = lambda t, mode: F.grid_sample(t[None].float(), grid, mode=mode, padding_mode="reflection",
-                                               align_corners=False)[0]
-        out = sample(img, "bilinear").round_().clamp_(0, 255).to(img.dtype)
-        return tv_tensors.wrap(out, like=img), tv_tensors.wrap(sample(mask[None], "nearest")[0].long(), like=mask)
-
-
-def seg_transforms(size, train: bool, fill: int, min_scale: float, max_rotate: float, max_lighting: float,
-                   do_flip: bool, max_zoom: float = 1.0, max_warp: float = 0.0, pad_mode: str = "zeros"):
-    """Training: a random crop of min_scale..1 of the area (min_scale < 1) or a resize, a flip, the affine
-    part (p 0.75 each: rotation up to max_rotate degrees, zoom in 1..max_zoom, warp max_warp) and lighting.
-    `pad_mode=reflection` is fastai's (`AffineWarp`); `zeros` rotates with torchvision, the pixels turned
-    in black in the image and void (`fill`) in the mask, which the metrics skip (no zoom, no warp)."""
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    if not train:
-        return v2.Compose([v2.Resize(size, antialias=True)])
-    if pad_mode not in ("zeros", "reflection"):
-        raise ConfigError(f"data.pad_mode={pad_mode!r} must be zeros or reflection")
-    aspect = size[1] / size[0]
-    if min_scale < 1:
-        ts = [v2.RandomResizedCrop(size, scale=(min_scale, 1.0), ratio=(aspect * 0.9, aspect * 1.1), antialias=True)]
-    else:
-        ts = [v2.Resize(size, antialias=True)]
-    if do_flip:
-        ts.append(v2.RandomHorizontalFlip())
-    if pad_mode == "reflection" and (max_rotate or max_zoom > 1 or max_warp):
-        ts.append(AffineWarp(max_rotate, max_zoom, max_warp))
-    elif max_rotate:
-        ts.append(v2.RandomApply([v2.RandomRotation(max_rotate, fill={tv_tensors.Image: 0, tv_tensors.Mask: fill})],
-                                 p=0.75))
-    if max_lighting:  # colour transforms leave masks alone
-        ts.append(v2.RandomApply([v2.ColorJitter(brightness=max_lighting, contrast=max_lighting)], p=0.75))
-    return v2.Compose(ts)
 
 
 class SegmentationBase(L.LightningDataModule):
