@@ -239,7 +239,7 @@ def bench_gain(root: Path, epochs: int, limit: int | None) -> None:
 
 
 # --- 4: camvid_tiny -------------------------------------------------------------------------------------
-def bench_camvid(root: Path, epochs: int, with_fastai: bool, seeds: list[int], extra=()) -> None:
+def bench_camvid(root: Path, epochs: int, with_fastai: bool, seeds: list[int]) -> None:
     """Both peers on fastlight's split (fastai's own RandomSplitter lists the files in a different
     order, so its 20 validation images were not fastlight's), with denormals flushed for both
     (fastlight's task does it on a CPU; fastai gets the same setting) and channels-last weights for both
@@ -252,7 +252,7 @@ def bench_camvid(root: Path, epochs: int, with_fastai: bool, seeds: list[int], e
         overrides = ["task=segmentation", "data=camvid_tiny", f"data.path={path}", "data.batch_size=8",
                      "model.arch=resnet34", "model.pretrained=false", "task.stages=null", f"optim.lr={lr}",
                      f"trainer.max_epochs={epochs}", *[o for o in QUIET if not o.startswith("seed=")],
-                     *timer_overrides("train"), f"seed={seed}", *extra]
+                     *timer_overrides("train"), f"seed={seed}", *OVERRIDES]
         summary, run_dir = run_fastlight(overrides, prefix="bench_unet_camvid_")
         runs["fastlight"].append((train_ips(list(EpochTimer.epochs)), summary["metrics"]["val/acc_camvid"]))
         print(f"  seed {seed} fastlight: {runs['fastlight'][-1]}", file=sys.stderr, flush=True)
@@ -430,7 +430,7 @@ def main() -> None:
     if "gain" in args.only:
         bench_gain(root, args.gain_epochs, args.gain_limit)
     if "camvid" in args.only:
-        bench_camvid(root, args.camvid_epochs, with_fastai, args.camvid_seeds, args.override)
+        bench_camvid(root, args.camvid_epochs, with_fastai, args.camvid_seeds)
     if "memory" in args.only:
         bench_memory(root)
     if "step" in args.only:
