@@ -67,7 +67,8 @@ class CountHooks(L.Callback):
         from pathlib import Path
 
         counts = {**self.counts, "global_step": trainer.global_step, "rank": trainer.global_rank,
-                  "world_size": trainer.world_size}
+                  "world_size": trainer.world_size,
+                  "fused": bool(trainer.optimizers and trainer.optimizers[0].defaults.get("fused"))}
         name = "hook_counts.json" if trainer.global_rank == 0 else f"hook_counts.rank{trainer.global_rank}.json"
         (Path(trainer.default_root_dir) / name).write_text(json.dumps(counts))
 

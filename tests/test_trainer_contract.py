@@ -110,12 +110,17 @@ def test_bf16_mixed_precision_trains_every_task(train_run, task):
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_bf16_mixed_precision_with_gradient_clipping_trains_every_task(train_run, task):
-    """Lightning's mixed-precision plugin refuses to clip a fused optimizer: such runs get the for-loop Adam."""
-    value, _, counts, summary = run(train_run, task, "trainer.precision=bf16-mixed", "trainer.limit_train_batches=4",
-                                    "trainer.gradient_clip_val=0.25", "optim=adam", "optim.fused=true")
+def test_bf16_mixed_precision_clips_a_fused_optimizer_for_every_task(train_run, task):
+    """Lightning's mixed-precision plugin refuses to clip any fused optimizer (for fp16's scaler); bf16 has
+    none, so the task clips the true gradients itself and keeps the fused kernel. The clip must bite: at
+    1e-7 Adam's steps shrink (eps 1e-5 dominates), so the result differs from the unclipped run's."""
+    args = ("trainer.precision=bf16-mixed", "trainer.limit_train_batches=4", "optim=adam", "optim.fused=true")
+    value, _, counts, summary = run(train_run, task, *args, "trainer.gradient_clip_val=0.25")
     assert_hooks_per_step(counts, 4)
-    assert summary["status"] == "completed" and math.isfinite(value)
+    assert summary["status"] == "completed" and math.isfinite(value) and counts["fused"]
+    tiny, _, _, _ = run(train_run, task, *args, "trainer.gradient_clip_val=1e-7")
+    unclipped, _, _, _ = run(train_run, task, *args)
+    assert tiny != pytest.approx(unclipped, rel=1e-4)
 
 
 @pytest.mark.parametrize("task", ["mnist", "collab", "vision"])

@@ -61,13 +61,25 @@ class Task(L.LightningModule):
             "Checkpoints and records written before this step are kept."
         )
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """bf16-mixed has no gradient scaler, so its gradients are the true ones and a fused optimizer's are
+        clipped here directly (Lightning's mixed-precision plugin refuses any fused optimizer, for fp16's sake)."""
+        if gradient_clip_val and str(self.trainer.precision) == "bf16-mixed" and optimizer.defaults.get("fused"):
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         o = dict(self.optim)
         name, lr, wd = o.pop("name"), o.pop("lr"), o.pop("wd", 0.0)
         wd_bn_bias = o.pop("wd_bn_bias", False)
-        if o.get("fused") and "mixed" in str(self.trainer.precision) and (self.trainer.gradient_clip_val or 0) > 0:
-            # Lightning's mixed-precision plugin will not clip a fused optimizer's gradients (it takes a
-            # fused optimizer to unscale them itself), so clipped mixed-precision runs use the for-loop Adam.
+        if o.get("fused") and str(self.trainer.precision) == "16-mixed" and (self.trainer.gradient_clip_val or 0) > 0:
+            # fp16's gradient scaler leaves a fused optimizer's gradients scaled until its own step, so they
+            # cannot be clipped before it (Lightning refuses): clipped fp16 runs use the for-loop Adam.
             o["fused"] = False
         groups = param_groups(self.layer_groups(), lr, wd, wd_bn_bias)
         optimizer = build_optimizer(name, groups, lr=groups[-1]["lr"], wd=wd, **o)
