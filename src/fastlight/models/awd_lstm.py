@@ -36,8 +36,10 @@ DROPOUTS = ("output_p", "hidden_p", "input_p", "embed_p", "weight_p")
 
 
 def dropout_mask(x: torch.Tensor, size: Sequence[int], p: float) -> torch.Tensor:
-    """A mask of `size` like `x`: 0 with probability p, else 1/(1-p), so expectations are unchanged."""
-    return x.new_empty(*size).bernoulli_(1 - p).div_(1 - p)
+    """A mask of `size` like `x`: 0 with probability p, else 1/(1-p), so expectations are unchanged.
+    Drawn as uniform >= p: on a CPU about twice as fast as `bernoulli_` (or `F.dropout`), which matters
+    for weight dropout's 5M-entry masks, redrawn every batch."""
+    return (torch.rand(size, dtype=x.dtype, device=x.device) >= p).to(x.dtype).div_(1 - p)
 
 
 class RNNDropout(nn.Module):
@@ -84,7 +86,8 @@ class WeightDropout(nn.Module):
             return self.module(*args)
         params = dict(self.module.named_parameters())
         for name in self.layer_names:
-            params[name] = F.dropout(params[name], p=self.weight_p, training=True)
+            w = params[name]
+            params[name] = w * dropout_mask(w.detach(), w.shape, self.weight_p)
         return functional_call(self.module, params, args)
 
 
