@@ -86,10 +86,6 @@ class SegmentationTask(Task):
         return callbacks + [self._staged]
 
     def on_fit_start(self) -> None:
-        # Late in a one-cycle the softmax's and the gradients' tiny values go denormal and a CPU step
-        # got ~2.5x slower (66 vs 25 CPU-s for camvid_tiny's 3rd epoch); flushing them changes no metric.
-        if self.device.type == "cpu":
-            torch.set_flush_denormal(True)
         if self.channels_last:  # NHWC convs: ~1.3x faster steps for this U-Net on a CPU (plain convs + BN)
             self.model.to(memory_format=torch.channels_last)
 

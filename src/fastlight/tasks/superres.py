@@ -90,11 +90,6 @@ class SuperResTask(Task):
         if self.loss_fn is None:
             self.loss_fn = self.build_loss()  # a submodule from here on: moves with the model
 
-    def on_fit_start(self) -> None:
-        # Denormal floats crawl on a CPU (late one-cycle steps: see SegmentationTask.on_fit_start).
-        if self.device.type == "cpu":
-            torch.set_flush_denormal(True)
-
     def configure_callbacks(self):
         if self.stages is None:
             return []  # one fit_one_cycle(trainer.max_epochs, optim.lr), nothing frozen
