@@ -180,7 +180,7 @@ class DynamicUnet(nn.Module):
             h = self.res_block(torch.cat([h, x], dim=1))
         h = self.final_conv(h)
         if self.residual:
-            h = x + self.residual_scale * h if self.residual_scale != 1 else x + h
+            h = x + self.residual_scale * h
             return h.clamp(*self.y_range) if self.y_range is not None else h
         return self.sigmoid_range(h) if self.sigmoid_range is not None else h
 
