@@ -133,7 +133,7 @@ def run_fastai(args, dm) -> dict:
     learn = language_model_learner(dls, AWD_LSTM, drop_mult=args.drop_mult, pretrained=False, metrics=[accuracy])
     timer, batches = common.fastai_timer("train"), fastai_batch_timer()
     cbs = [timer, batches, GradientClip(0.25)]
-    if fastai_bf16(args):
+    if common.fastai_bf16(args):
         cbs.append(common.fastai_cpu_autocast())
     if args.max_batches:
         cbs.append(ShortEpochCallback(pct=args.max_batches / len(train), short_valid=True))
@@ -142,13 +142,9 @@ def run_fastai(args, dm) -> dict:
     test = dm.test_dataloader()
     if args.max_batches:
         test = [b for _, b in zip(range(args.max_batches), test)]
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fastai_bf16(args)):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=common.fastai_bf16(args)):
         ppl = stream_perplexity(learn.model, test)  # scored as fastlight's bf16 run tests: under autocast
     return {"epochs": timer.epochs, "batches": batches.seconds, "test_ppl": ppl}
-
-
-def fastai_bf16(args) -> bool:
-    return (args.fastai_precision or args.precision) == "bf16"
 
 
 def main() -> None:

@@ -93,7 +93,7 @@ def fastai_pipeline(args, root) -> dict:
     out["tokenize s"] = time.perf_counter() - t
     learn = language_model_learner(dls_lm, AWD_LSTM, config={**awd_lstm_lm_config, **size}, pretrained=False,
                                    drop_mult=0.3, path=common.REPO / "outputs" / "bench_fastai_text")
-    bf16 = (args.fastai_precision or args.precision) == "bf16"  # autocast through a bench callback
+    bf16 = common.fastai_bf16(args)
     if bf16:
         learn.add_cb(common.fastai_cpu_autocast())
     with learn.no_bar(), learn.no_logging():

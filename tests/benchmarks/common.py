@@ -129,6 +129,11 @@ def fastai_timer(scope: str = "epoch"):
     return FastaiEpochTimer()
 
 
+def fastai_bf16(args) -> bool:
+    """Whether fastai runs bf16 (`--fastai-precision`, else `--precision`): through `fastai_cpu_autocast`."""
+    return (args.fastai_precision or args.precision) == "bf16"
+
+
 def fastai_cpu_autocast():
     """bf16 autocast on CPU around fastai's forward and loss (fastai's MixedPrecision is CUDA-only)."""
     from fastai.callback.core import Callback
