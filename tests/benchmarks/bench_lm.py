@@ -6,6 +6,7 @@
     python tests/benchmarks/bench_lm.py --max-batches 6     # speed only, a few batches (busy machine)
     python tests/benchmarks/bench_lm.py --precision bf16    # bf16 autocast for both peers (avx512_bf16 CPUs)
     python tests/benchmarks/bench_lm.py --precision bf16 --fastai-precision 32   # each at its best CPU setting
+    python tests/benchmarks/bench_lm.py --seeds 5           # seeds 0-4: medians, and the paired perplexity gap
 
 Both train on the same numericalized stream (fastlight's PTB reader, `data.train=valid`), batch
 size 32, bptt 70, fastai's awd_lstm_lm_config (400/1152/3) with drop_mult, AR 2 / TAR 1, Adam
@@ -95,8 +96,8 @@ def ptb_data(root, bs: int, bptt: int):
     return dm
 
 
-def run_fastlight(args, root) -> dict:
-    overrides = ["task=lm", "data=ptb", "data.train=valid", f"data.root={root}", f"data.batch_size={args.bs}",
+def run_fastlight(args, root, seed: int) -> dict:
+    overrides = ["task=lm", f"seed={seed}", "data=ptb", "data.train=valid", f"data.root={root}", f"data.batch_size={args.bs}",
                  f"data.bptt={args.bptt}", "data.n_workers=1", f"model.drop_mult={args.drop_mult}",
                  f"optim.lr={args.lr}", f"trainer.max_epochs={args.epochs}", f"torch_threads={args.threads}",
                  "logger=csv", "callbacks.progress_bar.refresh_rate=0", "trainer.num_sanity_val_steps=0",
@@ -156,6 +157,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--drop-mult", type=float, default=1.0, help="fastai's language_model_learner default")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=1, help="repeat with seeds 0..N-1, the peers interleaved")
     parser.add_argument("--precision", default="32", choices=["32", "bf16"], help="bf16: autocast for both peers")
     parser.add_argument("--fastai-precision", choices=["32", "bf16"], help="fastai's own (default: --precision)")
     parser.add_argument("--data", help="data root (default: $FASTLIGHT_DATA or ../shared/data)")
@@ -173,10 +175,10 @@ def main() -> None:
     fastai = common.import_fastai("fastai.text.all", not args.no_fastai)
     peers = ["fastlight"] + (["fastai"] if fastai is not None else [])
 
-    def run(peer: str, _repeat: int) -> dict:
-        torch.manual_seed(0)
+    def run(peer: str, seed: int) -> dict:
+        torch.manual_seed(seed)
         t = time.perf_counter()
-        result = run_fastlight(args, root) if peer == "fastlight" else run_fastai(args, dm)
+        result = run_fastlight(args, root, seed) if peer == "fastlight" else run_fastai(args, dm)
         return {**result, "wall": time.perf_counter() - t}
 
     def describe(r: dict) -> str:
@@ -184,17 +186,22 @@ def main() -> None:
         return (f"{[round(tokens / x.wall) for x in r['epochs']]} tokens/s per epoch, {per_batch:.0f} per batch "
                 f"(median of {len(r['batches'])}), test ppl {r['test_ppl']:.1f}, {r['wall']:.0f} s in all")
 
-    results = {p: r[0] for p, r in common.interleaved(peers, 1, run, describe, threads=args.threads).items()}
-    speed = {p: common.median(tokens / e.wall for e in results[p]["epochs"]) for p in peers}
-    cpu = {p: common.median(tokens / e.cpu for e in results[p]["epochs"]) for p in peers}
-    batch = {p: args.bs * args.bptt / common.median(results[p]["batches"]) for p in peers}
-    ppl = {p: results[p]["test_ppl"] for p in peers}
+    runs = common.interleaved(peers, args.seeds, run, describe, threads=args.threads)
+    speed = {p: common.median(tokens / e.wall for r in runs[p] for e in r["epochs"]) for p in peers}
+    cpu = {p: common.median(tokens / e.cpu for r in runs[p] for e in r["epochs"]) for p in peers}
+    batch = {p: args.bs * args.bptt / common.median(s for r in runs[p] for s in r["batches"]) for p in peers}
+    ppl = {p: common.median(r["test_ppl"] for r in runs[p]) for p in peers}
     print(common.peers_table(peers, [
         common.Column("tokens/s (batch median)", batch, ".0f", ("fastai",)),
         common.Column("train tokens/s (epoch)", speed, ".0f", ("fastai",)),
         common.Column("tokens/CPU-s", cpu, ".0f", ("fastai",)),
         common.Column(f"ptb.test ppl ({args.epochs} ep{', partial' if args.max_batches else ''})", ppl, ".1f"),
     ]))
+    if args.seeds > 2 and len(peers) == 2:
+        for p in peers:
+            print(f"{p:9s} ptb.test ppl per seed: " + " ".join(f"{r['test_ppl']:.1f}" for r in runs[p]))
+        print(common.paired_difference([r["test_ppl"] for r in runs["fastlight"]],
+                                       [r["test_ppl"] for r in runs["fastai"]], ".1f"))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from common import (
     fastai_timer,
     import_fastai,
     median,
+    paired_difference,
     peers_table,
     prepare_process,
     run_fastlight,
@@ -268,15 +269,7 @@ def bench_camvid(root: Path, epochs: int, with_fastai: bool, seeds: list[int]) -
     for p, v in runs.items():
         print(f"{p:10s} acc_camvid per seed: " + " ".join(f"{r[1]:.3f}" for r in v))
     if len(runs) == 2 and len(seeds) > 2:  # how far apart the peers are, next to how much a seed moves either
-        import statistics
-
-        from scipy.stats import t  # installed with fastai
-
-        d = [a[1] - b[1] for a, b in zip(runs["fastlight"], runs["fastai"])]
-        mean, half = statistics.mean(d), t.ppf(0.975, len(d) - 1) * statistics.stdev(d) / len(d) ** 0.5
-        print(f"fastlight - fastai, paired by seed: mean {mean:+.3f}, 95% CI {mean - half:+.3f} .. {mean + half:+.3f} "
-              f"(n {len(d)}; per-seed sd fastlight {statistics.stdev(r[1] for r in runs['fastlight']):.3f}, "
-              f"fastai {statistics.stdev(r[1] for r in runs['fastai']):.3f})")
+        print(paired_difference([r[1] for r in runs["fastlight"]], [r[1] for r in runs["fastai"]]))
 
 
 def fastai_camvid(path: Path, run_dir: Path, epochs: int, lr: float, seed: int):

@@ -181,6 +181,17 @@ def median(values) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def paired_difference(ours: Sequence[float], theirs: Sequence[float], fmt: str = ".3f") -> str:
+    """fastlight - fastai paired by seed: the mean, its 95% CI, and how much a seed moves each peer."""
+    from scipy.stats import t  # installed with fastai
+
+    d = [a - b for a, b in zip(ours, theirs)]
+    mean, half = statistics.mean(d), t.ppf(0.975, len(d) - 1) * statistics.stdev(d) / len(d) ** 0.5
+    return (f"fastlight - fastai, paired by seed: mean {mean:+{fmt}}, 95% CI {mean - half:+{fmt}} .. "
+            f"{mean + half:+{fmt}} (n {len(d)}; per-seed sd fastlight {statistics.stdev(ours):{fmt}}, "
+            f"fastai {statistics.stdev(theirs):{fmt}})")
+
+
 @dataclass
 class Column:
     """One measured quantity per peer, optionally followed by its ratio to reference peers."""

@@ -26,6 +26,7 @@ from torch import nn
 from torch.func import functional_call
 
 from fastlight.errors import ConfigError
+from fastlight.models.bf16_lstm import bf16_lstm, use_bf16_lstm
 
 # fastai's awd_lstm_lm_config / awd_lstm_clas_config (before drop_mult).
 LM_CONFIG = {"emb_sz": 400, "n_hid": 1152, "n_layers": 3, "pad_token": 1, "output_p": 0.1, "hidden_p": 0.15,
@@ -74,7 +75,8 @@ class WeightDropout(nn.Module):
     """DropConnect on `module`'s `layer_names` weights: a fresh mask on every training forward.
 
     The module keeps its own (raw) parameters; the dropped copy exists only for the call, which
-    runs through `torch.func.functional_call`. In eval the module runs on its raw weights.
+    runs through `torch.func.functional_call`. In eval the module runs on its raw weights. An LSTM
+    trained under CPU bf16 autocast runs through `bf16_lstm` instead, on the same (dropped) weights.
     """
 
     def __init__(self, module: nn.Module, weight_p: float, layer_names: Sequence[str] = ("weight_hh_l0",)):
@@ -82,12 +84,17 @@ class WeightDropout(nn.Module):
         self.module, self.weight_p, self.layer_names = module, weight_p, tuple(layer_names)
 
     def forward(self, *args):
-        if not self.training or self.weight_p == 0:
+        bf16 = use_bf16_lstm(self.module, args[0])  # training under CPU bf16 autocast: see bf16_lstm
+        dropping = self.training and self.weight_p != 0
+        if not dropping and not bf16:
             return self.module(*args)
         params = dict(self.module.named_parameters())
-        for name in self.layer_names:
-            w = params[name]
-            params[name] = w * dropout_mask(w.detach(), w.shape, self.weight_p)
+        if dropping:
+            for name in self.layer_names:
+                w = params[name]
+                params[name] = w * dropout_mask(w.detach(), w.shape, self.weight_p)
+        if bf16:
+            return bf16_lstm(*args, *(params[n] for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")))
         return functional_call(self.module, params, args)
 
 

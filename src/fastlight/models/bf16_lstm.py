@@ -1,0 +1,112 @@
+"""One LSTM layer for training under bf16 autocast on a CPU: its matrix products in bf16, its cell in fp32.
+
+Why: under `torch.autocast("cpu", torch.bfloat16)` `nn.LSTM` runs oneDNN's bf16 RNN, whose forward is
+twice as fast as its fp32 one but whose backward is slower, so a bf16 AWD-LSTM trained no faster than
+an fp32 one. Written out, the backward is mostly three large products over the whole sequence (the
+gradients of both weight matrices and of the input), which bf16 runs at several times fp32's rate on
+CPUs with bf16 instructions, plus one small product per step. `tests/benchmarks/bench_lstm.py`, one
+1152-unit layer, batch 32, 70 steps, 2 threads (forward + backward ms): nn.LSTM fp32 130 + 251,
+nn.LSTM bf16 63 + 340, this layer 82 + 178 (1.46x fp32). Only the products' operands are rounded to
+bf16 (as autocast does); the gates, the cell state and every sum of gradients over time stay fp32, so
+it is a little closer to fp64 than oneDNN's bf16 cell (worst relative error 0.0041 against 0.0050).
+
+The layer is PyTorch's (gates in the order input, forget, cell, output; both biases), so it is a drop-in
+for a one-layer, batch-first `nn.LSTM` given that LSTM's weights. `WeightDropout` uses it where
+`use_bf16_lstm` says so; evaluation keeps `nn.LSTM`, whose bf16 forward alone is the faster one.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+BF16 = torch.bfloat16
+
+
+def use_bf16_lstm(module: nn.Module, x: torch.Tensor) -> bool:
+    """True for a one-layer batch-first `nn.LSTM` that is about to be trained under CPU bf16 autocast."""
+    return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == BF16 and torch.is_grad_enabled()
+            and isinstance(module, nn.LSTM) and module.num_layers == 1 and module.batch_first
+            and module.bias and not module.bidirectional and module.proj_size == 0
+            and (x.requires_grad or any(p.requires_grad for p in module.parameters())))
+
+
+def bf16_lstm(x: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None, w_ih: torch.Tensor,
+              w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor):
+    """`nn.LSTM(batch_first=True)(x, hx)` with these weights: (output (bs, T, H), (h, c) each (1, bs, H)), fp32."""
+    if hx is None:
+        hx = (x.new_zeros(1, x.size(0), w_hh.size(1), dtype=torch.float32),) * 2
+    h0, c0 = hx
+    with torch.autocast("cpu", enabled=False):
+        out, h, c = BF16LSTMFunction.apply(x.float(), h0[0].float(), c0[0].float(), w_ih, w_hh, b_ih, b_hh)
+    return out, (h.unsqueeze(0), c.unsqueeze(0))
+
+
+class BF16LSTMFunction(torch.autograd.Function):
+    """Forward and backward of one LSTM layer; time-major inside, so each step's slice is contiguous."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        bs, steps, _ = x.shape
+        hid = w_hh.size(1)
+        wi, wh = w_ih.to(BF16), w_hh.to(BF16)
+        xs = x.transpose(0, 1).to(BF16).contiguous()  # (T, bs, in)
+        # The input's share of every gate at every step: one large product.
+        gates = torch.mm(xs.view(steps * bs, -1), wi.t()).float().view(steps, bs, 4 * hid).add_(b_ih + b_hh)
+        cs = x.new_empty(steps + 1, bs, hid)  # cs[t + 1] is the cell after step t; cs[0] = c0
+        tanh_cs = x.new_empty(steps, bs, hid)
+        hs = x.new_empty(steps, bs, hid)
+        h_prev = xs.new_empty(steps, bs, hid)  # the bf16 copy each step multiplies; dW_hh's operand
+        cs[0] = c0
+        h_prev[0] = h0
+        for t in range(steps):
+            g = gates[t].add_(torch.mm(h_prev[t], wh.t()))  # gates[t] now holds the activated gates
+            g[:, : 2 * hid].sigmoid_()
+            g[:, 2 * hid: 3 * hid].tanh_()
+            g[:, 3 * hid:].sigmoid_()
+            i, f, cell, o = g.chunk(4, 1)
+            c = torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, cell)
+            h = torch.mul(o, torch.tanh(c, out=tanh_cs[t]), out=hs[t])
+            if t + 1 < steps:
+                h_prev[t + 1] = h
+        ctx.save_for_backward(xs, wi, wh, gates, cs, tanh_cs, h_prev)
+        return hs.transpose(0, 1), h.clone(), c.clone()
+
+    @staticmethod
+    def backward(ctx, d_out, d_h, d_c):
+        xs, wi, wh, gates, cs, tanh_cs, h_prev = ctx.saved_tensors
+        steps, bs, four_hid = gates.shape
+        hid = four_hid // 4
+        i, f, cell, o = gates.chunk(4, 2)
+        # Everything that depends on the forward alone, for all steps at once, so that each step of the
+        # loop below is a few fused multiplies and one product:
+        #   d gate_i = dc * cell * i(1-i),  d gate_f = dc * c_prev * f(1-f),  d gate_cell = dc * i (1-cell^2),
+        #   d gate_o = dh * tanh(c) * o(1-o),  and dc gains dh * o (1 - tanh(c)^2).
+        by_dc = torch.stack([cell * i * (1 - i), cs[:-1] * f * (1 - f), i * (1 - cell * cell)], 2)
+        by_dh = tanh_cs * o * (1 - o)
+        dc_from_dh = o * (1 - tanh_cs * tanh_cs)
+        d_out = d_out.transpose(0, 1)
+        d_gates = torch.empty_like(gates)
+        d_gates_bf16 = torch.empty_like(gates, dtype=BF16)  # the operand of this step's and the final products
+        dh, dc = d_h.clone(), d_c.clone()
+        for t in reversed(range(steps)):
+            dh = dh.add_(d_out[t])
+            dc = dc.addcmul_(dh, dc_from_dh[t])
+            d = d_gates[t]
+            torch.mul(dc.unsqueeze(1), by_dc[t], out=d[:, : 3 * hid].view(bs, 3, hid))
+            torch.mul(dh, by_dh[t], out=d[:, 3 * hid:])
+            dc = dc.mul_(f[t])
+            dh = torch.mm(d_gates_bf16[t].copy_(d), wh).float()
+        d_flat = d_gates_bf16.view(steps * bs, four_hid)
+        d_x = d_w_ih = d_w_hh = d_b_ih = d_b_hh = None
+        if ctx.needs_input_grad[0]:
+            d_x = torch.mm(d_flat, wi).float().view(steps, bs, -1).transpose(0, 1)
+        if ctx.needs_input_grad[3]:
+            d_w_ih = torch.mm(d_flat.t(), xs.view(steps * bs, -1)).float()
+        if ctx.needs_input_grad[4]:
+            d_w_hh = torch.mm(d_flat.t(), h_prev.view(steps * bs, hid)).float()
+        if ctx.needs_input_grad[5] or ctx.needs_input_grad[6]:
+            d_b = d_gates.sum((0, 1))
+            d_b_ih, d_b_hh = d_b, d_b.clone()  # two tensors: each bias's .grad must be its own
+        return d_x, dh, dc, d_w_ih, d_w_hh, d_b_ih, d_b_hh
