@@ -6,6 +6,7 @@
     python tests/benchmarks/bench_text_clf.py --emb 128 --hid 384 --general none --lm-epochs 4 --lm-lr 1e-2 \
         --clf-schedule unfrozen --clf-epochs 12 --clf-lr 5e-3            # a from-scratch budget that learns here
     ... --precision bf16 --fastai-precision 32   # fastlight's bf16-mixed against fastai's only CPU precision
+    ... --seeds 3                                # seeds 0-2: medians, and the paired accuracy gap
 
   step 1  a language model on a general corpus available here (`--general`: ptb's valid file, or
           shakespeare), from scratch (where WT103 can be downloaded, `model.pretrained=wt103` replaces it)
@@ -39,8 +40,8 @@ def size_overrides(args) -> list[str]:
     return [f"model.emb_sz={args.emb}", f"model.n_hid={args.hid}", f"model.n_layers={args.layers}"]
 
 
-def fastlight_pipeline(args, root) -> dict:
-    quiet = [*(["trainer.precision=bf16-mixed"] if args.precision == "bf16" else []), "logger=csv", "callbacks.progress_bar.refresh_rate=0", "trainer.num_sanity_val_steps=0",
+def fastlight_pipeline(args, root, seed: int) -> dict:
+    quiet = [f"seed={seed}", *(["trainer.precision=bf16-mixed"] if args.precision == "bf16" else []), "logger=csv", "callbacks.progress_bar.refresh_rate=0", "trainer.num_sanity_val_steps=0",
              f"torch_threads={args.threads}", f"data.root={root}", "data.n_workers=2"]
     out, weights = {}, []
     if args.general != "none":
@@ -73,7 +74,7 @@ def fastlight_pipeline(args, root) -> dict:
     return out
 
 
-def fastai_pipeline(args, root) -> dict:
+def fastai_pipeline(args, root, seed: int) -> dict:
     import pandas as pd
     from fastai.text.all import (
         AWD_LSTM,
@@ -84,7 +85,9 @@ def fastai_pipeline(args, root) -> dict:
         language_model_learner,
         text_classifier_learner,
     )
+    from fastai.torch_core import set_seed
 
+    set_seed(seed)  # python, numpy and torch, as fastlight's seed=
     df = pd.read_csv(root / "imdb_sample" / "texts.csv")
     size = {"emb_sz": args.emb, "n_hid": args.hid, "n_layers": args.layers}
     out = {}
@@ -152,6 +155,7 @@ def main() -> None:
                         help="ulmfit: the lesson's gradual unfreezing; unfrozen: fit_one_cycle(--clf-epochs)")
     parser.add_argument("--clf-epochs", type=int, default=12, help="with --clf-schedule unfrozen")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=1, help="repeat with seeds 0..N-1, the peers interleaved")
     parser.add_argument("--precision", default="32", choices=["32", "bf16"],
                         help="bf16: fastlight's trainer.precision=bf16-mixed (and fastai's, unless --fastai-precision)")
     parser.add_argument("--fastai-precision", choices=["32", "bf16"],
@@ -165,22 +169,29 @@ def main() -> None:
     fastai = common.import_fastai("fastai.text.all", not args.no_fastai)
     peers = ["fastlight"] + (["fastai"] if fastai is not None else [])
 
-    def run(peer: str, _repeat: int) -> dict:
-        torch.manual_seed(0)
+    def run(peer: str, seed: int) -> dict:
+        torch.manual_seed(seed)
         t = time.perf_counter()
-        result = fastlight_pipeline(args, root) if peer == "fastlight" else fastai_pipeline(args, root)
+        result = fastlight_pipeline(args, root, seed) if peer == "fastlight" else fastai_pipeline(args, root, seed)
         return {**result, "total s": time.perf_counter() - t}
 
     describe = lambda r: ", ".join(f"{k} {v:.3g}" for k, v in r.items() if v is not None)
-    results = {p: r[0] for p, r in common.interleaved(peers, 1, run, describe, threads=args.threads).items()}
+    runs = common.interleaved(peers, args.seeds, run, describe, threads=args.threads)
+    results = {p: {k: common.median(r.get(k, float("nan")) for r in runs[p]) for k in runs[p][0]} for p in peers}
     keys = ["accuracy", "clf s/epoch", "step 2 s", "step 3 s", "total s"]
     clf = "the lesson's 5 staged epochs" if args.clf_schedule == "ulmfit" else f"{args.clf_epochs} unfrozen epochs"
     print(f"imdb_sample, AWD-LSTM {args.emb}/{args.hid}/{args.layers}, bptt {args.bptt}, {args.threads} threads, "
           f"precision {args.precision} (fastai {args.fastai_precision or args.precision}); "
-          f"step 1: {args.general}; step 2: {args.lm_epochs} ep at {args.lm_lr}; step 3: {clf} at {args.clf_lr}")
+          f"step 1: {args.general}; step 2: {args.lm_epochs} ep at {args.lm_lr}; step 3: {clf} at {args.clf_lr}; "
+          f"seeds 0-{args.seeds - 1} (medians)")
     print(common.peers_table(peers, [common.Column(k, {p: results[p].get(k, float("nan")) for p in peers},
                                                    ".3f" if k == "accuracy" else ".1f",
                                                    ("fastai",) if k != "accuracy" else ()) for k in keys]))
+    if args.seeds > 2 and len(peers) == 2:
+        for p in peers:
+            print(f"{p:9s} accuracy per seed: " + " ".join(f"{r['accuracy']:.3f}" for r in runs[p]))
+        print(common.paired_difference([r["accuracy"] for r in runs["fastlight"]],
+                                       [r["accuracy"] for r in runs["fastai"]]))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from fastlight.models.awd_lstm import AWDLSTMLanguageModel
+from fastlight.models.awd_lstm import AWDLSTMLanguageModel, LinearDecoder
 from fastlight.models.bf16_lstm import bf16_lstm, use_bf16_lstm
 from fastlight.tasks.lm import ar_tar
 
@@ -56,8 +56,7 @@ def test_bf16_lstm_is_chosen_only_to_train_under_cpu_bf16_autocast():
             assert not use_bf16_lstm(lstm, x)  # evaluation: nn.LSTM's bf16 forward is the faster one
         assert not use_bf16_lstm(nn.LSTM(4, 5, num_layers=2, batch_first=True), x)
         assert not use_bf16_lstm(nn.LSTM(4, 5), x)  # not batch-first
-        frozen = nn.LSTM(4, 5, batch_first=True).requires_grad_(False)
-        assert not use_bf16_lstm(frozen, x)  # nothing to train: no backward to speed up
+        assert not use_bf16_lstm(lstm.requires_grad_(False), x)  # nothing to train: no backward to speed up
 
 
 def lm_step(model, x, y):
@@ -89,3 +88,14 @@ def test_awd_lstm_trains_through_it_with_every_dropout_as_at_fp32():
     _, grads_other, _ = lm_step(model, x, y)
     lstms = [i for i, (name, _) in enumerate(model.named_parameters()) if ".rnns." in name]
     assert min(rel(grads_other[i], grads32[i]) for i in lstms) > 10 * max(errors)
+
+
+def test_decoder_logits_stay_fp32_under_bf16_autocast():
+    """bf16 logits (8 bits) destabilised a from-scratch LM; the decoder runs its product in fp32 instead."""
+    torch.manual_seed(0)
+    decoder = LinearDecoder(50, 8, output_p=0.0)
+    x = torch.randn(2, 3, 8)
+    with torch.autocast("cpu", torch.bfloat16):
+        logits = decoder(x)[0]
+    assert logits.dtype == torch.float32
+    assert torch.equal(logits, decoder(x)[0])  # exactly the fp32 product
