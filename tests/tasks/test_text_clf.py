@@ -71,6 +71,16 @@ def test_classifier_learns_the_planted_word(train_run, tmp_path, capsys):
     assert "--text-col" in capsys.readouterr().err
 
 
+def test_classifier_learns_the_planted_word_in_bf16_mixed(train_run, tmp_path):
+    # bf16 autocast trains the LSTMs through bf16_lstm; bptt 8 splits documents into chunks that
+    # rows join late (front padding), the encoder's partial-batch path
+    _, run_dir = train_run(*CLF, "trainer.precision=bf16-mixed", "model.bptt=8", "task.stages=null",
+                           "trainer.max_epochs=3", "optim.lr=1e-2", "model.drop_mult=0.1", run_dir=tmp_path / "clf")
+    s = summary(run_dir)
+    assert s["status"] == "completed", s["error"]
+    assert s["metrics"]["val/accuracy"] > 0.9, s["metrics"]  # chance: 0.5
+
+
 def test_encoder_weights_and_vocab_come_from_the_lm_run(lm_run):
     from fastlight.data.text.vocab import read_vocab
     from fastlight.models.awd_lstm import AWDLSTMClassifier
