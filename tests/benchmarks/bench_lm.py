@@ -97,7 +97,8 @@ def ptb_data(root, bs: int, bptt: int):
 
 
 def run_fastlight(args, root, seed: int) -> dict:
-    overrides = ["task=lm", f"seed={seed}", "data=ptb", "data.train=valid", f"data.root={root}", f"data.batch_size={args.bs}",
+    overrides = ["task=lm", f"seed={seed}", "data=ptb", "data.train=valid", f"data.root={root}",
+                 f"data.batch_size={args.bs}",
                  f"data.bptt={args.bptt}", "data.n_workers=1", f"model.drop_mult={args.drop_mult}",
                  f"optim.lr={args.lr}", f"trainer.max_epochs={args.epochs}", f"torch_threads={args.threads}",
                  "logger=csv", "callbacks.progress_bar.refresh_rate=0", "trainer.num_sanity_val_steps=0",
