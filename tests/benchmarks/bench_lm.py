@@ -199,10 +199,7 @@ def main() -> None:
         common.Column(f"ptb.test ppl ({args.epochs} ep{', partial' if args.max_batches else ''})", ppl, ".1f"),
     ]))
     if args.seeds > 2 and len(peers) == 2:
-        for p in peers:
-            print(f"{p:9s} ptb.test ppl per seed: " + " ".join(f"{r['test_ppl']:.1f}" for r in runs[p]))
-        print(common.paired_difference([r["test_ppl"] for r in runs["fastlight"]],
-                                       [r["test_ppl"] for r in runs["fastai"]], ".1f"))
+        print(common.seed_report("ptb.test ppl", {p: [r["test_ppl"] for r in runs[p]] for p in peers}, ".1f"))
 
 
 if __name__ == "__main__":

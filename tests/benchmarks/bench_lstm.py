@@ -46,8 +46,8 @@ def main() -> None:
             return bf16_lstm(x, hx, *weights)[0] if peer == "bf16_lstm" else lstm(x, hx)[0]
 
     def grads(peer: str) -> list[torch.Tensor]:
-        loss = (forward(peer).float() * w_out).sum()
-        return [forward(peer).float().detach(), *torch.autograd.grad(loss, [x, *weights])]
+        out = forward(peer).float()
+        return [out.detach(), *torch.autograd.grad((out * w_out).sum(), [x, *weights])]
 
     ref = nn.LSTM(args.n_in, args.hid, batch_first=True).double()
     ref.load_state_dict(lstm.state_dict())

@@ -188,10 +188,7 @@ def main() -> None:
                                                    ".3f" if k == "accuracy" else ".1f",
                                                    ("fastai",) if k != "accuracy" else ()) for k in keys]))
     if args.seeds > 2 and len(peers) == 2:
-        for p in peers:
-            print(f"{p:9s} accuracy per seed: " + " ".join(f"{r['accuracy']:.3f}" for r in runs[p]))
-        print(common.paired_difference([r["accuracy"] for r in runs["fastlight"]],
-                                       [r["accuracy"] for r in runs["fastai"]]))
+        print(common.seed_report("accuracy", {p: [r["accuracy"] for r in runs[p]] for p in peers}))
 
 
 if __name__ == "__main__":

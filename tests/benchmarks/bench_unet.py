@@ -43,10 +43,10 @@ from common import (
     fastai_timer,
     import_fastai,
     median,
-    paired_difference,
     peers_table,
     prepare_process,
     run_fastlight,
+    seed_report,
     timer_overrides,
 )
 
@@ -266,10 +266,8 @@ def bench_camvid(root: Path, epochs: int, with_fastai: bool, seeds: list[int]) -
           f"seeds {seeds}, channels-last, denormals flushed (medians; {time.perf_counter() - t0:.0f} s)")
     peers = list(rows)
     print(peers_table(peers, [*speed_columns(rows), Column("acc_camvid", {p: rows[p][1] for p in peers}, ".3f")]))
-    for p, v in runs.items():
-        print(f"{p:10s} acc_camvid per seed: " + " ".join(f"{r[1]:.3f}" for r in v))
-    if len(runs) == 2 and len(seeds) > 2:  # how far apart the peers are, next to how much a seed moves either
-        print(paired_difference([r[1] for r in runs["fastlight"]], [r[1] for r in runs["fastai"]]))
+    # how far apart the peers are, next to how much a seed moves either
+    print(seed_report("acc_camvid", {p: [r[1] for r in v] for p, v in runs.items()}))
 
 
 def fastai_camvid(path: Path, run_dir: Path, epochs: int, lr: float, seed: int):

@@ -192,6 +192,14 @@ def paired_difference(ours: Sequence[float], theirs: Sequence[float], fmt: str =
             f"fastai {statistics.stdev(theirs):{fmt}})")
 
 
+def seed_report(metric: str, per_seed: dict[str, list[float]], fmt: str = ".3f") -> str:
+    """Each peer's `metric` seed by seed, then (fastlight and fastai, 3+ seeds) their paired difference."""
+    lines = [f"{p:9s} {metric} per seed: " + " ".join(format(v, fmt) for v in vs) for p, vs in per_seed.items()]
+    if set(per_seed) == {"fastlight", "fastai"} and len(per_seed["fastlight"]) > 2:
+        lines.append(paired_difference(per_seed["fastlight"], per_seed["fastai"], fmt))
+    return "\n".join(lines)
+
+
 @dataclass
 class Column:
     """One measured quantity per peer, optionally followed by its ratio to reference peers."""
