@@ -26,7 +26,7 @@ from torch import nn
 from torch.func import functional_call
 
 from fastlight.errors import ConfigError
-from fastlight.models.bf16_lstm import bf16_lstm, use_bf16_lstm
+from fastlight.models.bf16_lstm import bf16_autocast, bf16_lstm, use_bf16_lstm
 
 # fastai's awd_lstm_lm_config / awd_lstm_clas_config (before drop_mult).
 LM_CONFIG = {"emb_sz": 400, "n_hid": 1152, "n_layers": 3, "pad_token": 1, "output_p": 0.1, "hidden_p": 0.15,
@@ -172,9 +172,8 @@ class LinearDecoder(nn.Module):
 
     def forward(self, inp: torch.Tensor):
         dropped = self.output_dp(inp)
-        device = dropped.device.type
-        if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16:
-            with torch.autocast(device, enabled=False):
+        if bf16_autocast(dropped.device.type):
+            with torch.autocast(dropped.device.type, enabled=False):
                 return self.decoder(dropped.float()), inp, dropped
         return self.decoder(dropped), inp, dropped
 

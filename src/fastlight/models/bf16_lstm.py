@@ -30,10 +30,14 @@ from torch import nn
 BF16 = torch.bfloat16
 
 
+def bf16_autocast(device: str) -> bool:
+    """True inside `torch.autocast(device, torch.bfloat16)`."""
+    return torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == BF16
+
+
 def use_bf16_lstm(module: nn.Module, x: torch.Tensor) -> bool:
     """True for a one-layer batch-first `nn.LSTM` that is about to be trained under CPU bf16 autocast."""
-    return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") == BF16 and torch.is_grad_enabled()
+    return (x.device.type == "cpu" and bf16_autocast("cpu") and torch.is_grad_enabled()
             and isinstance(module, nn.LSTM) and module.num_layers == 1 and module.batch_first
             and module.bias and not module.bidirectional and module.proj_size == 0
             and (x.requires_grad or any(p.requires_grad for p in module.parameters())))
