@@ -3,7 +3,7 @@
     python tests/benchmarks/bench_text_clf.py                         # fastai's model size (400/1152/3)
     python tests/benchmarks/bench_text_clf.py --emb 64 --hid 128      # a smaller AWD-LSTM (busy CPU)
     python tests/benchmarks/bench_text_clf.py --general none          # skip step 1
-    python tests/benchmarks/bench_text_clf.py --emb 128 --hid 384 --general none --lm-epochs 4 --lm-lr 1e-2 \
+    python tests/benchmarks/bench_text_clf.py --emb 128 --hid 384 --general none --lm-epochs 8 --lm-lr 1e-2 \
         --clf-schedule unfrozen --clf-epochs 12 --clf-lr 5e-3            # a from-scratch budget that learns here
     ... --precision bf16 --fastai-precision 32   # fastlight's bf16-mixed against fastai's only CPU precision
     ... --seeds 3                                # seeds 0-2: medians, and the paired accuracy gap
