@@ -54,70 +54,95 @@ def bf16_lstm(x: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None, w_i
     return out, (h.unsqueeze(0), c.unsqueeze(0))
 
 
+def _scaled_cell_rows(w: torch.Tensor, k: float) -> torch.Tensor:
+    """A copy with the cell gate's rows times k (2 or 1/2: exact in any precision). The forward runs on
+    doubled cell rows: tanh(z) = 2 sigmoid(2z) - 1, and one sigmoid over all four gates costs less than
+    a sigmoid over three and a tanh over the fourth."""
+    hid = w.size(0) // 4
+    w = w.clone()
+    w[2 * hid: 3 * hid] *= k
+    return w
+
+
+def _tanh_(z: torch.Tensor) -> torch.Tensor:
+    """tanh in place of sigmoid(2z) (absolute error 2e-7): PyTorch's CPU tanh costs 5x its sigmoid."""
+    return z.sigmoid_().mul_(2).sub_(1)
+
+
 class BF16LSTMFunction(torch.autograd.Function):
-    """Forward and backward of one LSTM layer; time-major inside, so each step's slice is contiguous."""
+    """Forward and backward of one LSTM layer, feature-major inside: every per-step tensor is (features,
+    batch), so each step's product is weight @ state, which bf16 GEMMs run 1.3-1.6x faster at batch 32
+    than state @ weight.T, and each gate is a block of whole rows.
+
+    Stored: gates (4H, T, bs), cell states (H, T + 1, bs), tanh(c) and h (H, T, bs).
+    """
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
         bs, steps, _ = x.shape
         hid = w_hh.size(1)
-        wi, wh = w_ih.to(BF16), w_hh.to(BF16)
+        wi, wh = _scaled_cell_rows(w_ih, 2).to(BF16), _scaled_cell_rows(w_hh, 2).to(BF16)
         xs = x.transpose(0, 1).to(BF16).contiguous()  # (T, bs, in)
-        # The input's share of every gate at every step: one large product.
-        gates = torch.mm(xs.view(steps * bs, -1), wi.t()).float().view(steps, bs, 4 * hid).add_(b_ih + b_hh)
-        cs = x.new_empty(steps + 1, bs, hid)  # cs[t + 1] is the cell after step t; cs[0] = c0
-        tanh_cs = x.new_empty(steps, bs, hid)
-        hs = x.new_empty(steps, bs, hid)
-        h_prev = xs.new_empty(steps, bs, hid)  # the bf16 copy each step multiplies; dW_hh's operand
-        cs[0] = c0
-        h_prev[0] = h0
+        # The input's share of every gate at every step: one large product, (4H, T * bs).
+        gates = torch.mm(wi, xs.view(steps * bs, -1).t()).float().view(4 * hid, steps, bs)
+        gates.add_(_scaled_cell_rows(b_ih + b_hh, 2)[:, None, None])
+        cs = x.new_empty(hid, steps + 1, bs)  # cs[:, t + 1] is the cell after step t; cs[:, 0] = c0
+        tanh_cs = x.new_empty(hid, steps, bs)
+        hs = x.new_empty(hid, steps, bs)
+        h_prev = xs.new_empty(hid, steps, bs)  # the bf16 copy each step multiplies; dW_hh's operand
+        cs[:, 0] = c0.t()
+        h_prev[:, 0] = h0.t()
         for t in range(steps):
-            g = gates[t].add_(torch.mm(h_prev[t], wh.t()))  # gates[t] now holds the activated gates
-            g[:, : 2 * hid].sigmoid_()
-            g[:, 2 * hid: 3 * hid].tanh_()
-            g[:, 3 * hid:].sigmoid_()
-            i, f, cell, o = g.chunk(4, 1)
-            c = torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, cell)
-            h = torch.mul(o, torch.tanh(c, out=tanh_cs[t]), out=hs[t])
+            g = gates[:, t].add_(torch.mm(wh, h_prev[:, t]))  # now the gates' pre-activations, then activations
+            g.sigmoid_()
+            i, f, cell, o = g.chunk(4, 0)
+            cell.mul_(2).sub_(1)  # 2 sigmoid(2z) - 1 = tanh(z)
+            c = torch.mul(f, cs[:, t], out=cs[:, t + 1]).addcmul_(i, cell)
+            h = torch.mul(o, _tanh_(torch.mul(c, 2, out=tanh_cs[:, t])), out=hs[:, t])
             if t + 1 < steps:
-                h_prev[t + 1] = h
+                h_prev[:, t + 1] = h
         ctx.save_for_backward(xs, wi, wh, gates, cs, tanh_cs, h_prev)
-        return hs.transpose(0, 1), h.clone(), c.clone()
+        return hs.permute(2, 1, 0), h.t().contiguous(), c.t().contiguous()
 
     @staticmethod
     def backward(ctx, d_out, d_h, d_c):
         xs, wi, wh, gates, cs, tanh_cs, h_prev = ctx.saved_tensors
-        steps, bs, four_hid = gates.shape
+        four_hid, steps, bs = gates.shape
         hid = four_hid // 4
-        i, f, cell, o = gates.chunk(4, 2)
+        i, f, cell, o = gates.chunk(4, 0)
         # Everything that depends on the forward alone, for all steps at once, so that each step of the
         # loop below is a few fused multiplies and one product:
         #   d gate_i = dc * cell * i(1-i),  d gate_f = dc * c_prev * f(1-f),  d gate_cell = dc * i (1-cell^2),
         #   d gate_o = dh * tanh(c) * o(1-o),  and dc gains dh * o (1 - tanh(c)^2).
-        by_dc = torch.stack([cell * i * (1 - i), cs[:-1] * f * (1 - f), i * (1 - cell * cell)], 2)
+        by_dc = torch.stack([cell * i * (1 - i), cs[:, :-1] * f * (1 - f), i * (1 - cell * cell)], 0)
         by_dh = tanh_cs * o * (1 - o)
         dc_from_dh = o * (1 - tanh_cs * tanh_cs)
-        d_out = d_out.transpose(0, 1)
+        d_out = d_out.permute(2, 1, 0).contiguous()  # (H, T, bs)
+        # The saved weights' cell rows are doubled; gradients are taken with respect to the true ones.
+        wi = _scaled_cell_rows(wi, 0.5)
+        wh_t = _scaled_cell_rows(wh, 0.5).t().contiguous()  # (H, 4H): weight @ state, as in the forward
         d_gates = torch.empty_like(gates)
         d_gates_bf16 = torch.empty_like(gates, dtype=BF16)  # the operand of this step's and the final products
-        dh, dc = d_h.clone(), d_c.clone()
+        dh, dc = d_h.t().contiguous(), d_c.t().contiguous()
         for t in reversed(range(steps)):
-            dh = dh.add_(d_out[t])
-            dc = dc.addcmul_(dh, dc_from_dh[t])
-            d = d_gates[t]
-            torch.mul(dc.unsqueeze(1), by_dc[t], out=d[:, : 3 * hid].view(bs, 3, hid))
-            torch.mul(dh, by_dh[t], out=d[:, 3 * hid:])
-            dc = dc.mul_(f[t])
-            dh = torch.mm(d_gates_bf16[t].copy_(d), wh).float()
-        d_flat = d_gates_bf16.view(steps * bs, four_hid)
+            dh = dh.add_(d_out[:, t])
+            dc = dc.addcmul_(dh, dc_from_dh[:, t])
+            d = d_gates[:, t]
+            torch.mul(dc, by_dc[:, :, t], out=d[: 3 * hid].view(3, hid, bs))
+            torch.mul(dh, by_dh[:, t], out=d[3 * hid:])
+            dc = dc.mul_(f[:, t])
+            d_bf16 = d_gates_bf16[:, t]
+            d_bf16.copy_(d)
+            dh = torch.mm(wh_t, d_bf16).float()
+        d_flat = d_gates_bf16.view(four_hid, steps * bs)
         d_x = d_w_ih = d_w_hh = d_b_ih = d_b_hh = None
         if ctx.needs_input_grad[0]:
-            d_x = torch.mm(d_flat, wi).float().view(steps, bs, -1).transpose(0, 1)
+            d_x = torch.mm(d_flat.t(), wi).float().view(steps, bs, -1).transpose(0, 1)
         if ctx.needs_input_grad[3]:
-            d_w_ih = torch.mm(d_flat.t(), xs.view(steps * bs, -1)).float()
+            d_w_ih = torch.mm(d_flat, xs.view(steps * bs, -1)).float()
         if ctx.needs_input_grad[4]:
-            d_w_hh = torch.mm(d_flat.t(), h_prev.view(steps * bs, hid)).float()
+            d_w_hh = torch.mm(d_flat, h_prev.view(hid, steps * bs).t()).float()
         if ctx.needs_input_grad[5] or ctx.needs_input_grad[6]:
-            d_b = d_gates.sum((0, 1))
+            d_b = d_gates.sum((1, 2))
             d_b_ih, d_b_hh = d_b, d_b.clone()  # two tensors: each bias's .grad must be its own
-        return d_x, dh, dc, d_w_ih, d_w_hh, d_b_ih, d_b_hh
+        return d_x, dh.t().contiguous(), dc.t().contiguous(), d_w_ih, d_w_hh, d_b_ih, d_b_hh
