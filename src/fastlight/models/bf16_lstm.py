@@ -5,8 +5,8 @@ twice as fast as its fp32 one but whose backward is slower, so a bf16 AWD-LSTM t
 an fp32 one. Written out, the backward is mostly three large products over the whole sequence (the
 gradients of both weight matrices and of the input), which bf16 runs at several times fp32's rate on
 CPUs with bf16 instructions, plus one small product per step. `tests/benchmarks/bench_lstm.py`, one
-1152-unit layer, batch 32, 70 steps, 2 threads (forward + backward ms): nn.LSTM fp32 130 + 251,
-nn.LSTM bf16 63 + 340, this layer 82 + 178 (1.46x fp32). Only the products' operands are rounded to
+1152-unit layer, batch 32, 70 steps, 2 threads (forward + backward ms): nn.LSTM fp32 117 + 233,
+nn.LSTM bf16 55 + 251, this layer 71 + 181 (1.39x fp32). Only the products' operands are rounded to
 bf16 (as autocast does); the gates, the cell state and every sum of gradients over time stay fp32, so
 it is a little closer to fp64 than oneDNN's bf16 cell (worst relative error 0.0041 against 0.0050).
 
@@ -14,8 +14,8 @@ It also trains better: `nn.LSTM` under autocast keeps its hidden and cell states
 A 128/384 AWD-LSTM trained from scratch on imdb_sample (4 epochs, lr 1e-2, fp32 decoder) reached
 validation perplexity 227 and 202 (seeds 1 and 42) through oneDNN's bf16 cell, 177 and 143 through
 this layer, 158 and 154 at fp32. So it runs every LSTM trained under CPU bf16 autocast, although for
-narrow layers oneDNN's bf16 RNN is the faster (384 units: 2.05x fp32 against this layer's 1.29x, where
-its per-step Python calls dominate).
+narrow layers oneDNN's bf16 RNN is the faster: at 384 units (72 steps) it is 1.46x fp32 and this layer
+0.99x, because there each step's dozen small calls cost as much as its arithmetic.
 
 The layer is PyTorch's (gates in the order input, forget, cell, output; both biases), so it is a drop-in
 for a one-layer, batch-first `nn.LSTM` given that LSTM's weights. `WeightDropout` uses it where
