@@ -44,6 +44,16 @@ def fastlight_pipeline(args, root, seed: int) -> dict:
     quiet = [f"seed={seed}", *(["trainer.precision=bf16-mixed"] if args.precision == "bf16" else []), "logger=csv", "callbacks.progress_bar.refresh_rate=0", "trainer.num_sanity_val_steps=0",
              f"torch_threads={args.threads}", f"data.root={root}", "data.n_workers=2"]
     out, weights = {}, []
+    # The same work as fastai's TextDataLoaders.from_df below (read, tokenize, vocabulary, numericalize),
+    # with the cache off so the reviews are tokenized afresh. spaCy is imported first, as fastai's
+    # import (outside its timer) does; fastlight imports it only on a cache miss.
+    import spacy  # noqa: F401
+
+    from fastlight.data.text.lm import IMDbSample
+
+    t = time.perf_counter()
+    IMDbSample(root=str(root), cache=False, n_workers=2, seed=seed).setup()
+    out["tokenize s"] = time.perf_counter() - t
     if args.general != "none":
         t = time.perf_counter()
         data = ["data=ptb", "data.train=valid"] if args.general == "ptb" else ["data=shakespeare"]
@@ -178,14 +188,14 @@ def main() -> None:
     describe = lambda r: ", ".join(f"{k} {v:.3g}" for k, v in r.items() if v is not None)
     runs = common.interleaved(peers, args.seeds, run, describe, threads=args.threads)
     results = {p: {k: common.median(r.get(k, float("nan")) for r in runs[p]) for k in runs[p][0]} for p in peers}
-    keys = ["accuracy", "clf s/epoch", "step 2 s", "step 3 s", "total s"]
+    keys = ["accuracy", "tokenize s", "clf s/epoch", "step 2 s", "step 3 s", "total s"]
     clf = "the lesson's 5 staged epochs" if args.clf_schedule == "ulmfit" else f"{args.clf_epochs} unfrozen epochs"
     print(f"imdb_sample, AWD-LSTM {args.emb}/{args.hid}/{args.layers}, bptt {args.bptt}, {args.threads} threads, "
           f"precision {args.precision} (fastai {args.fastai_precision or args.precision}); "
           f"step 1: {args.general}; step 2: {args.lm_epochs} ep at {args.lm_lr}; step 3: {clf} at {args.clf_lr}; "
           f"seeds 0-{args.seeds - 1} (medians)")
     print(common.peers_table(peers, [common.Column(k, {p: results[p].get(k, float("nan")) for p in peers},
-                                                   ".3f" if k == "accuracy" else ".1f",
+                                                   {"accuracy": ".3f", "tokenize s": ".2f"}.get(k, ".1f"),
                                                    ("fastai",) if k != "accuracy" else ()) for k in keys]))
     if args.seeds > 2 and len(peers) == 2:
         print(common.seed_report("accuracy", {p: [r["accuracy"] for r in runs[p]] for p in peers}))
