@@ -137,10 +137,13 @@ def test_resume_from_a_mid_epoch_checkpoint_equals_an_uninterrupted_run(train_ru
     mid = cut / "checkpoints" / "mid.ckpt"
     saved = torch.load(mid, weights_only=False)
     assert 0 < saved["global_step"] < full_counts["global_step"] / 2
-    resumed, _, counts, _ = run(train_run, task, *args, f"ckpt_path={mid}", run_dir=tmp_path / "resumed")
+    resumed, resumed_dir, counts, _ = run(train_run, task, *args, f"ckpt_path={mid}", run_dir=tmp_path / "resumed")
     assert counts["global_step"] == full_counts["global_step"]
     assert counts["on_before_optimizer_step"] == full_counts["global_step"] - saved["global_step"]
     assert resumed == pytest.approx(full, rel=1e-5)
+    # the loss too: a coarse metric (accuracy on 32 images) can agree by chance
+    val_losses = lambda folder: [float(r["val/loss"]) for r in metrics_rows(folder) if r.get("val/loss")]
+    assert val_losses(resumed_dir)[-1] == pytest.approx(val_losses(full_dir)[-1], rel=1e-5)
 
 
 # --- clipping and accumulation give a plain PyTorch loop's weights ---------------------------------

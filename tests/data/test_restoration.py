@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from fastlight.data import restoration
+from fastlight.data.core import EpochSampler
 from fastlight.data.restoration import (
-    EpochSampler,
     RestorationData,
     SyntheticRestorationData,
     build_pairs,

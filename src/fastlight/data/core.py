@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
@@ -154,3 +155,67 @@ class TensorBatches:
                 chunk = Chunk()
         if chunk:
             yield chunk
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A shuffle drawn from (seed, epoch) that also hands each item its random draw: it yields
+    (index, item seed) pairs, so the crops and flips of an epoch are the same whether the run went
+    straight through or was resumed (Lightning calls `set_epoch` each epoch), with or without workers."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True):
+        self.n, self.seed, self.shuffle, self.epoch = n, int(seed), shuffle, 0
+        self.skip: tuple[int, int] | None = None  # (epoch, items already trained): a mid-epoch checkpoint's
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
+        seeds = torch.randint(0, 2**62, (self.n,), generator=g)
+        start = self.skip[1] if self.skip is not None and self.skip[0] == self.epoch else 0
+        self.skip = None
+        return iter(list(zip(order.tolist(), seeds.tolist()))[start:])
+
+
+class EpochLoader(torch.utils.data.DataLoader):
+    """A training DataLoader over an `EpochSampler` that Lightning checkpoints: it saves the state of a
+    training loader that has `state_dict`/`load_state_dict`, so a run resumed from a checkpoint saved
+    mid-epoch skips the batches already trained and sees the ones an unbroken run would see next."""
+
+    trainer = None  # set by the data module; without it (a re-created loader) only epochs resume exactly
+
+    def state_dict(self) -> dict:
+        if self.trainer is None:
+            return {}
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": self.trainer.current_epoch, "batches": int(done)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.sampler.skip = (int(state["epoch"]), int(state["batches"]) * self.batch_size)
+
+
+def epoch_loader(ds, batch_size: int, train: bool, seed: int, num_workers: int, trainer=None) -> DataLoader:
+    """The image loaders' DataLoader: training batches from an `EpochSampler` (resumable, seeded
+    crops), the last partial training batch dropped when there is more than one batch (BN needs > 1)."""
+    sampler = EpochSampler(len(ds), seed) if train else None
+    loader = (EpochLoader if train else DataLoader)(
+        ds, batch_size=batch_size, sampler=sampler, drop_last=train and len(ds) > batch_size,
+        num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0)  # no fork and no cold first batch per epoch
+    if train:
+        loader.trainer = trainer
+    return loader
+
+
+def seeded(transform, key, *tensors):
+    """`transform(*tensors)` with the global torch RNG seeded by the item's seed when `key` carries one."""
+    if not isinstance(key, tuple):
+        return transform(*tensors)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(key[1])
+        return transform(*tensors)

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from fastlight.data.core import cache_root
+from fastlight.data.core import cache_root, epoch_loader, seeded
 from fastlight.data.images import read_image
 from fastlight.data.split import random_split_indices
 from fastlight.data.vision import imagenet_denormalize, imagenet_normalize, resolve_path
@@ -130,45 +130,6 @@ def build_pairs(root: Path, files: list[Path], settings: dict, seed: int, worker
     tmp.write_text(json.dumps(manifest))
     os.replace(tmp, manifest_file)
     return folder, manifest
-
-
-class EpochSampler(torch.utils.data.Sampler):
-    """A shuffle drawn from (seed, epoch) that also hands each item its random draw: it yields
-    (index, item seed) pairs, so the crops and flips of an epoch are the same whether the run went
-    straight through or was resumed (Lightning calls `set_epoch` each epoch), with or without workers."""
-
-    def __init__(self, n: int, seed: int, shuffle: bool = True):
-        self.n, self.seed, self.shuffle, self.epoch = n, int(seed), shuffle, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self):
-        return self.n
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
-        seeds = torch.randint(0, 2**62, (self.n,), generator=g)
-        return iter(zip(order.tolist(), seeds.tolist()))
-
-
-def epoch_loader(ds, batch_size: int, train: bool, seed: int, num_workers: int) -> DataLoader:
-    """The image-pair loaders' DataLoader: training batches from an `EpochSampler` (resumable,
-    seeded crops), the last partial training batch dropped when there is more than one batch."""
-    sampler = EpochSampler(len(ds), seed) if train else None
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=train and len(ds) > batch_size,
-                      num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=num_workers > 0)  # no fork and no cold first batch per epoch
-
-
-def seeded(transform, key, *tensors):
-    """`transform(*tensors)` with the global torch RNG seeded by the item's seed when `key` carries one."""
-    if not isinstance(key, tuple):
-        return transform(*tensors)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(key[1])
-        return transform(*tensors)
 
 
 class PairItems(Dataset):

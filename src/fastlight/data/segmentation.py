@@ -31,8 +31,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from fastlight.data.augment import seg_transforms
-from fastlight.data.core import data_root
-from fastlight.data.restoration import epoch_loader, seeded
+from fastlight.data.core import data_root, epoch_loader, seeded
 from fastlight.data.split import random_split_indices
 from fastlight.data.vision import (
     image_files,

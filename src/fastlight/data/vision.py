@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from fastlight.data.core import data_root
+from fastlight.data.core import data_root, epoch_loader, seeded
 from fastlight.data.images import read_image
 from fastlight.data.split import random_split_indices
 from fastlight.errors import ConfigError, DataError
@@ -89,15 +89,17 @@ class ImageItems(Dataset):
             return src
         return read_image(src, draft=self.draft)
 
-    def __getitem__(self, i):
+    def __getitem__(self, key):
+        # key: an index, or (index, item seed) from a training EpochSampler: seeded crops and flips
+        i = key[0] if isinstance(key, tuple) else key
         img, y = self.load(i), self.items[i][1]
         if self.points:  # (x, y) pixel pairs move with the image, then scale to [-1, 1]
             w, h = img.size
             kp = tv_tensors.KeyPoints(torch.tensor(y, dtype=torch.float32).view(-1, 2), canvas_size=(h, w))
-            img, kp = self.transform(img, kp)
+            img, kp = seeded(self.transform, key, img, kp)
             side = torch.tensor(kp.canvas_size[::-1], dtype=torch.float32)  # (w, h)
             return img.as_subclass(torch.Tensor), (kp.as_subclass(torch.Tensor) / side * 2 - 1).flatten()
-        img = self.transform(img).as_subclass(torch.Tensor)
+        img = seeded(self.transform, key, img).as_subclass(torch.Tensor)
         if self.problem == "single_label":
             return img, torch.tensor(y, dtype=torch.long)
         if self.problem == "multi_label":
@@ -124,7 +126,7 @@ class ImageData(L.LightningDataModule):
                  seed: int = 42):
         super().__init__()
         self.problem, self.size, self.batch_size, self.num_workers = problem, int(size), batch_size, num_workers
-        self.aug = dict(min_scale=min_scale, max_rotate=max_rotate, max_lighting=max_lighting, do_flip=do_flip)
+        self.aug = {"min_scale": min_scale, "max_rotate": max_rotate, "max_lighting": max_lighting, "do_flip": do_flip}
         self.seed = seed
         self.classes: list[str] = []
         self.train_ds = self.valid_ds = self.test_ds = None
@@ -165,13 +167,9 @@ class ImageData(L.LightningDataModule):
                 ds.transform, ds.draft = valid_transform(self.size, crop=crop), self.size
 
     def _loader(self, ds, train: bool) -> DataLoader:
-        return DataLoader(
-            ds, batch_size=self.batch_size, shuffle=train,
-            drop_last=train and len(ds) > self.batch_size,  # fastai drops it too: BN needs > 1 image
-            num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
-            # Workers live across epochs: no fork and no cold first batch at every epoch start.
-            persistent_workers=self.num_workers > 0,
-        )
+        # Training order and crops drawn from (seed, epoch), so a resumed run, mid-epoch included,
+        # sees the batches an unbroken one would; fastai drops the last partial batch too.
+        return epoch_loader(ds, self.batch_size, train, self.seed, self.num_workers, self.trainer)
 
     def train_dataloader(self):
         return self._loader(self.train_ds, train=True)

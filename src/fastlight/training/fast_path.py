@@ -23,7 +23,9 @@ gradient clipping, gradient accumulation, several devices (DDP), `fast_dev_run`,
 from __future__ import annotations
 
 import math
+import random
 
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, TQDMProgressBar
 
@@ -125,30 +127,47 @@ def learning_rates(optimizer) -> dict[str, float]:
 
 def with_fast_path_callbacks(callbacks: list, task) -> list:
     """On the fast path the task logs learning rates itself, on the optimizer-step axis (Lightning's
-    LearningRateMonitor would log on the call axis), and a mid-epoch resume needs the loader's place."""
+    LearningRateMonitor would log on the call axis); on every path a mid-epoch resume needs the loader's place."""
     if task.automatic_optimization:
-        return callbacks
-    return [c for c in callbacks if not isinstance(c, LearningRateMonitor)] + [ResumeInMemoryBatches()]
+        return [*callbacks, ResumeMidEpoch()]
+    return [c for c in callbacks if not isinstance(c, LearningRateMonitor)] + [ResumeMidEpoch()]
 
 
-class ResumeInMemoryBatches(Callback):
+class ResumeMidEpoch(Callback):
     """A resume from a mid-epoch checkpoint continues with the batches an unbroken run would see.
 
-    `TensorBatches` records its position (`state_dict`); Lightning builds the training loader before
-    it restores a checkpoint, so this hands the saved position to the loader when training starts."""
+    `TensorBatches` and `EpochLoader` record their position (`state_dict`); Lightning builds the training
+    loader before it restores a checkpoint, so this hands the saved position to the loader when training
+    starts (a loader without `load_state_dict` restarts its epoch). Lightning keeps no random state, so
+    the global generators (dropout's) are saved with the checkpoint and set again there too."""
 
     def __init__(self):
-        self.state = None
+        self.state, self.rng = None, None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()  # as plain types: checkpoints load weights_only
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                                    "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos),
+                                              int(has_gauss), float(gauss)),
+                                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint):
         states = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader")
         self.state = states[0] if states else None
+        self.rng = checkpoint.get("rng_states")
 
     def on_train_start(self, trainer, pl_module):
         loader = trainer.train_dataloader
         if self.state and hasattr(loader, "load_state_dict"):
             loader.load_state_dict(self.state)
-        self.state = None
+        if self.rng:
+            torch.set_rng_state(self.rng["torch"])
+            kind, keys, pos, has_gauss, gauss = self.rng["numpy"]
+            np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+            random.setstate(self.rng["python"])
+            if self.rng["cuda"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self.rng["cuda"])
+        self.state, self.rng = None, None
 
 
 class StepProgressBar(TQDMProgressBar):
