@@ -45,6 +45,15 @@ class Chunk(list):
         return Chunk(tuple(t.to(device, **kwargs) for t in batch) for batch in self)
 
 
+def trained_position(trainer) -> dict:
+    """A training loader's place for a mid-epoch checkpoint: the epoch and how many of its batches
+    Lightning has trained ({} without a trainer)."""
+    if trainer is None:
+        return {}
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    return {"epoch": trainer.current_epoch, "batches": int(done)}
+
+
 class TensorBatches:
     """Iterate over `tensors` (same first dimension) in batches sliced from a permutation.
 
@@ -86,10 +95,7 @@ class TensorBatches:
         self.skip: tuple[int, int] | None = None  # (epoch, Lightning batches already trained)
 
     def state_dict(self) -> dict:
-        if self.trainer is None:
-            return {}
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"epoch": self.trainer.current_epoch, "batches": int(done)}
+        return trained_position(self.trainer)
 
     def load_state_dict(self, state: dict) -> None:
         if state:
@@ -178,7 +184,7 @@ class EpochSampler(torch.utils.data.Sampler):
         seeds = torch.randint(0, 2**62, (self.n,), generator=g)
         start = self.skip[1] if self.skip is not None and self.skip[0] == self.epoch else 0
         self.skip = None
-        return iter(list(zip(order.tolist(), seeds.tolist()))[start:])
+        return iter(zip(order[start:].tolist(), seeds[start:].tolist()))
 
 
 class EpochLoader(torch.utils.data.DataLoader):
@@ -189,10 +195,7 @@ class EpochLoader(torch.utils.data.DataLoader):
     trainer = None  # set by the data module; without it (a re-created loader) only epochs resume exactly
 
     def state_dict(self) -> dict:
-        if self.trainer is None:
-            return {}
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"epoch": self.trainer.current_epoch, "batches": int(done)}
+        return trained_position(self.trainer)
 
     def load_state_dict(self, state: dict) -> None:
         if state:

@@ -128,9 +128,9 @@ def learning_rates(optimizer) -> dict[str, float]:
 def with_fast_path_callbacks(callbacks: list, task) -> list:
     """On the fast path the task logs learning rates itself, on the optimizer-step axis (Lightning's
     LearningRateMonitor would log on the call axis); on every path a mid-epoch resume needs the loader's place."""
-    if task.automatic_optimization:
-        return [*callbacks, ResumeMidEpoch()]
-    return [c for c in callbacks if not isinstance(c, LearningRateMonitor)] + [ResumeMidEpoch()]
+    if not task.automatic_optimization:
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    return [*callbacks, ResumeMidEpoch()]
 
 
 class ResumeMidEpoch(Callback):
